@@ -1,0 +1,42 @@
+// The schemas of every inception_fast op, declared once. Each backend only registers an
+// implementation (csrc/cpu/*.cpp for CPU, csrc/cuda/*.cu for CUDA); the Python side
+// (inception_fast/ops/) adds the fake kernels, the autograd formulas and the Triton variants,
+// which it derives from these schemas rather than writing them again.
+//
+// Conventions shared by all kernels:
+//  * activations are 4-D (N, C, H, W), contiguous either in NCHW or in channels_last; the
+//    output keeps the input's memory format (no layout copy);
+//  * activations are float32, float16 or bfloat16; per-channel vectors (weight, bias, mean,
+//    invstd, the reduced sums) are float32 contiguous [C]; all arithmetic is in float32;
+//  * ReLU propagates NaN (a NaN pre-activation gives NaN, as torch.relu does).
+#include <torch/library.h>
+
+TORCH_LIBRARY(inception_fast, m) {
+  // Per-channel mean and biased variance of x over (N, H, W), float32.
+  m.def("bn_stats(Tensor x) -> (Tensor mean, Tensor var)");
+  // y = relu((x - mean) * invstd * weight + bias); weight/bias None mean 1/0.
+  // `training` does not change the forward: it tells the autograd formula that mean/invstd are
+  // the batch statistics of x (so the gradient flows to x through them), not constants.
+  m.def(
+      "bn_relu_apply(Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor invstd, "
+      "bool training) -> Tensor");
+  // With dz = grad_out * (pre-activation > 0), recomputed from x exactly as the forward did:
+  // sum_dz[c] = sum(dz), sum_dz_xmu[c] = sum(dz * (x - mean)), float32.
+  m.def(
+      "bn_relu_backward_reduce(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor invstd) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  // grad_x. Without the sums (eval): dz * weight * invstd. With them (training; the sums may
+  // already be all-reduced across processes and `count` is then the global N*H*W):
+  // weight * invstd * (dz - sum_dz / count - (x - mean) * invstd^2 * sum_dz_xmu / count).
+  m.def(
+      "bn_relu_backward_elemt(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor invstd, Tensor? sum_dz, Tensor? sum_dz_xmu, int count) -> Tensor");
+  // y = act(x + scale * residual), act = ReLU if relu else identity; any shape, x and
+  // residual of the same shape, dtype and memory format.
+  m.def("scaled_residual_add(Tensor x, Tensor residual, float scale, bool relu) -> Tensor");
+  // From the forward's output alone: mask = out > 0 (relu) or 1;
+  // grad_x = grad_out * mask, grad_residual = scale * grad_out * mask.
+  m.def(
+      "scaled_residual_add_backward(Tensor grad_out, Tensor out, float scale, bool relu) "
+      "-> (Tensor grad_x, Tensor grad_residual)");
+}

@@ -1,0 +1,67 @@
+"""Builds inception_fast._C: the CPU kernels always, the CUDA kernels when they can be built.
+
+CUDA is built when torch has CUDA and a toolkit is found (CUDA_HOME / nvcc), or when
+FORCE_CUDA=1 (then TORCH_CUDA_ARCH_LIST picks the targets; default "8.0;8.6;8.9;9.0").
+FORCE_CUDA=0 builds the CPU kernels only. Build with `pip install --no-build-isolation -e .`
+so the extension is compiled against the torch it will run with.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0"
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def _want_cuda():
+    force = os.environ.get("FORCE_CUDA")
+    if force is not None and force.strip() != "":
+        return force.strip() == "1"
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def _cuda_include_dirs():
+    # torch's CUDA headers include cusparse.h etc.; pip-installed CUDA keeps them under
+    # site-packages/nvidia/cu*/include rather than in the toolkit.
+    dirs = []
+    for site in {os.path.dirname(os.path.dirname(torch.__file__))}:
+        dirs += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+    return dirs
+
+
+def extensions():
+    cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp")]
+                       + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-DTORCH_EXTENSION_NAME=_C"]
+    link = ["-fopenmp"]
+    if _want_cuda():
+        if cpp_extension.CUDA_HOME is None:
+            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME (e.g. /usr/local/cuda)")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DTORCH_EXTENSION_NAME=_C"]
+        return [cpp_extension.CUDAExtension(
+            "inception_fast._C", cpu_sources + cuda_sources,
+            include_dirs=[os.path.join(ROOT, "csrc")] + _cuda_include_dirs(),
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
+    return [cpp_extension.CppExtension(
+        "inception_fast._C", cpu_sources, include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx}, extra_link_args=link)]
+
+
+setup(
+    packages=find_packages(include=["inception_fast", "inception_fast.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
