@@ -1,0 +1,28 @@
+"""Loading the compiled extension inception_fast._C (the C++/CUDA kernels and the op schemas).
+
+The package works without it -- every op then runs on the next backend that is available and,
+last, on the eager reference -- but it says so (inception_fast.ops._backend warns once).
+"""
+from __future__ import annotations
+
+import torch
+
+LOAD_ERROR: str | None = None
+try:
+    from inception_fast import _C  # noqa: F401  (registers the ops with the dispatcher)
+except ImportError as e:  # not built, or built against another torch
+    LOAD_ERROR = f"{type(e).__name__}: {e}"
+
+OPS_NAMESPACE = "inception_fast"
+TRITON_NAMESPACE = "inception_fast_triton"
+
+
+def loaded() -> bool:
+    return LOAD_ERROR is None
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the extension registered a kernel of `inception_fast::op` for `dispatch_key`."""
+    if not loaded():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{OPS_NAMESPACE}::{op}", dispatch_key)

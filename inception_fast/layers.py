@@ -1,0 +1,117 @@
+"""Layers the models are built from: the seam between the models and the kernels.
+
+Each layer has two paths over the same parameters: the reference path (plain nn.Conv2d,
+nn.BatchNorm2d, ReLU: the eager definition) and the fused path (the ops of inception_fast.ops).
+The path is chosen per module (`module.fused = True/False`) or, where that is None, globally
+(`use_fused(...)` / `set_fused(...)`; the default is the fused path).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inception_fast.ops import bn_relu, scaled_residual_add
+
+_state = threading.local()
+_fused_default = True
+
+
+def set_fused(enabled: bool) -> None:
+    """Choose the path of every layer whose own `fused` is None."""
+    global _fused_default
+    _fused_default = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else _fused_default
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool = True):
+    """Run layers whose own `fused` is None on the fused (True) or reference (False) path."""
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(bool(enabled))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+class _PathMixin:
+    fused: bool | None = None
+
+    def _use_fused(self) -> bool:
+        return fused_enabled() if self.fused is None else self.fused
+
+
+class ConvBNReLU(_PathMixin, nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> ReLU: a drop-in for torchvision's / timm's BasicConv2d
+    and facenet-pytorch's BasicConv2d (same attributes `conv`, `bn`, so the same state_dict keys:
+    conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked).
+
+    On the fused path BatchNorm and ReLU are one bn_relu op, with nn.BatchNorm2d's semantics kept:
+    momentum=None (cumulative average), track_running_stats=False, num_batches_tracked, and a
+    SyncBatchNorm `bn` (after nn.SyncBatchNorm.convert_sync_batchnorm) synchronising statistics.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0,
+                 eps: float = 1e-3, momentum: float | None = 0.1, fused: bool | None = None, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False,
+                              **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if not self._use_fused():
+            return F.relu(self.bn(x))
+        return bn_relu_module(self.bn, x, self.training)
+
+
+def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """relu(bn(x)) through the fused op, with exactly nn.BatchNorm2d's bookkeeping."""
+    # As nn.modules.batchnorm._BatchNorm.forward: momentum None means a cumulative moving average.
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = training or (bn.running_mean is None and bn.running_var is None)
+    track = not training or bn.track_running_stats
+    process_group = None
+    if isinstance(bn, nn.SyncBatchNorm) and use_batch_stats:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+            if dist.get_world_size(group) > 1:
+                process_group = group
+    return bn_relu(x, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
+                   use_batch_stats, factor, bn.eps, process_group=process_group)
+
+
+class ScaledResidual(_PathMixin, nn.Module):
+    """act(shortcut + scale * branch): the Inception-ResNet residual (Block35/17/8's `scale` and
+    `no_relu` as constructor arguments). No parameters."""
+
+    def __init__(self, scale: float = 1.0, relu: bool = True, fused: bool | None = None):
+        super().__init__()
+        self.scale = float(scale)
+        self.relu = bool(relu)
+        self.fused = fused
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        if not self._use_fused():
+            y = branch * self.scale + shortcut
+            return F.relu(y) if self.relu else y
+        return scaled_residual_add(shortcut, branch, self.scale, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, relu={self.relu}"

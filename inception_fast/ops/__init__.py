@@ -1,0 +1,13 @@
+"""The fused ops of inception_fast: one Python function per op, on the backend chosen by
+`use_backend` / `set_backend` / INCEPTION_FAST_BACKEND (reference | cpu | cuda | triton)."""
+from inception_fast.ops._backend import (BACKENDS, available_backends, get_backend, resolve, set_backend,
+                                         use_backend)
+from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with_stats, bn_stats,
+                                        combine_stats)
+from inception_fast.ops.scaled_residual_add import scaled_residual_add, scaled_residual_add_reference
+
+__all__ = [
+    "BACKENDS", "available_backends", "get_backend", "resolve", "set_backend", "use_backend",
+    "bn_relu", "bn_relu_reference", "bn_relu_with_stats", "bn_stats", "combine_stats",
+    "scaled_residual_add", "scaled_residual_add_reference",
+]
