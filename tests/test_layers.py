@@ -1,0 +1,121 @@
+"""ConvBNReLU and ScaledResidual: drop-in names, fused path == reference path, training included."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _helpers import assert_close, rel_err
+from inception_fast import ConvBNReLU, ScaledResidual, use_fused
+
+
+class _TorchvisionBasicConv2d(nn.Module):
+    # torchvision.models.inception.BasicConv2d, written out so the test needs no torchvision.
+    def __init__(self, cin, cout, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def _randomise_bn(bn):
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+        bn.running_mean.normal_(0, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+
+
+def test_state_dict_is_that_of_basic_conv2d():
+    ours = ConvBNReLU(8, 16, kernel_size=3, padding=1)
+    peer = _TorchvisionBasicConv2d(8, 16, kernel_size=3, padding=1)
+    assert list(ours.state_dict()) == list(peer.state_dict())
+    _randomise_bn(peer.bn)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    x = torch.randn(2, 8, 9, 9)
+    peer.eval(), ours.eval()
+    with use_fused(True):
+        assert_close(ours(x), peer(x), torch.float32, "fused eval vs peer")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_training_matches_reference(channels_last, momentum):
+    ref = ConvBNReLU(5, 13, kernel_size=(1, 3), padding=(0, 1), momentum=momentum, fused=False)
+    _randomise_bn(ref.bn)
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_f = torch.optim.SGD(fused.parameters(), lr=0.1)
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    for step in range(3):
+        x = torch.randn(4, 5, 7, 9).contiguous(memory_format=mf)
+        losses = []
+        for m, opt in ((ref, opt_r), (fused, opt_f)):
+            opt.zero_grad()
+            y = m(x)
+            loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) <= 1e-5 * max(1.0, abs(losses[0])), f"step {step}: {losses}"
+    for (name, a), (_, b) in zip(ref.state_dict().items(), fused.state_dict().items()):
+        if a.is_floating_point():
+            assert rel_err(b, a) < 1e-5, name
+        else:
+            assert torch.equal(a, b), name  # num_batches_tracked
+    ref.eval(), fused.eval()
+    x = torch.randn(2, 5, 7, 9)
+    assert_close(fused(x), ref(x), torch.float32, "eval after training")
+
+
+def test_global_switch_and_module_override():
+    m = ConvBNReLU(3, 4, kernel_size=1)
+    calls = []
+    import inception_fast.layers as layers
+
+    orig = layers.bn_relu_module
+    layers.bn_relu_module = lambda *a: calls.append(1) or orig(*a)
+    try:
+        x = torch.randn(2, 3, 5, 5)
+        with use_fused(False):
+            m(x)
+        assert calls == []
+        m(x)
+        assert calls == [1]
+        m.fused = False
+        m(x)
+        assert calls == [1]
+    finally:
+        layers.bn_relu_module = orig
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_scaled_residual_matches_timm_block_arithmetic(relu):
+    res = ScaledResidual(0.17, relu=relu)
+    shortcut = torch.randn(2, 32, 9, 9, requires_grad=True)
+    branch = torch.randn(2, 32, 9, 9, requires_grad=True)
+    with use_fused(True):
+        y = res(shortcut, branch)
+    ref = branch.detach().double() * 0.17 + shortcut.detach().double()  # timm: out * scale + x
+    ref = ref.relu() if relu else ref
+    assert_close(y, ref, torch.float32)
+    assert "scale=0.17" in repr(res)
+    y.sum().backward()
+    assert shortcut.grad is not None and branch.grad is not None
+
+
+def test_bf16_autocast_and_channels_last():
+    m = ConvBNReLU(4, 8, kernel_size=3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 11, 11).contiguous(memory_format=torch.channels_last)
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        y_ref = ref(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, y_ref) < 1e-2
+    y.float().sum().backward()
+    assert m.bn.weight.grad is not None and m.bn.weight.grad.dtype == torch.float32

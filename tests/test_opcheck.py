@@ -1,0 +1,41 @@
+"""torch.library.opcheck on every op of every namespace this machine can run: schema, fake
+kernel, autograd registration and AOT dispatch (what torch.compile relies on)."""
+import pytest
+import torch
+
+from _helpers import rand_act
+from conftest import DEVICE_BACKEND_IDS, DEVICE_BACKENDS
+from inception_fast.ops._library import namespace
+
+KERNEL_BACKENDS = [(d, b) for d, b in DEVICE_BACKENDS if b != "reference"]
+KERNEL_IDS = [i for (d, b), i in zip(DEVICE_BACKENDS, DEVICE_BACKEND_IDS) if b != "reference"]
+
+
+def _samples(device, dtype, layout):
+    C = 5
+    x = rand_act((3, C, 4, 6), dtype, layout, device)
+    g = rand_act((3, C, 4, 6), dtype, layout, device, 1.0, 0.1)
+    f = dict(device=device, dtype=torch.float32)
+    w, b = torch.rand(C, **f) + 0.5, torch.randn(C, **f)
+    mean, invstd = torch.randn(C, **f), torch.rand(C, **f) + 0.5
+    s1, s2 = torch.randn(C, **f), torch.randn(C, **f)
+    rg = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+    return {
+        "bn_stats": [(x,)],
+        "bn_relu_apply": [(rg(x), rg(w), rg(b), mean, invstd, True), (rg(x), None, None, mean, invstd, False),
+                          (rg(x), rg(w), None, mean, invstd, False)],
+        "bn_relu_backward_reduce": [(g, x, w, b, mean, invstd), (g, x, None, None, mean, invstd)],
+        "bn_relu_backward_elemt": [(g, x, w, b, mean, invstd, s1, s2, 72), (g, x, w, b, mean, invstd, None, None, 0)],
+        "scaled_residual_add": [(rg(x), rg(g), 0.17, True), (rg(x), rg(g), 0.2, False)],
+        "scaled_residual_add_backward": [(g, x.relu(), 0.1, True), (g, x, 0.1, False)],
+    }
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_BACKENDS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"), (torch.float32, "cl"), (torch.bfloat16, "cl")])
+@pytest.mark.parametrize("op", ["bn_stats", "bn_relu_apply", "bn_relu_backward_reduce", "bn_relu_backward_elemt",
+                                "scaled_residual_add", "scaled_residual_add_backward"])
+def test_opcheck(device, backend, dtype, layout, op):
+    overload = getattr(namespace(backend), op).default
+    for args in _samples(device, dtype, layout)[op]:
+        torch.library.opcheck(overload, args)
