@@ -121,8 +121,9 @@ def _all_gather_stats(mean, var, count, process_group):
 
     world = dist.get_world_size(process_group)
     local = torch.cat([mean, var, mean.new_full((1,), float(count))])
-    gathered = local.new_empty(world, local.numel())
-    dist.all_gather_into_tensor(gathered, local, group=process_group)
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local, group=process_group)  # (all_gather_into_tensor: not on gloo)
+    gathered = torch.stack(parts)
     c = mean.numel()
     return combine_stats(gathered[:, :c], gathered[:, c:2 * c], gathered[:, 2 * c])
 
@@ -142,8 +143,12 @@ class _BNReLUWithStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        grad = like(grad.contiguous() if not grad.is_non_overlapping_and_dense() else grad, x)
+        grad = like(grad, x)
         sum_dz, sum_dz_xmu = ctx.ops.bn_relu_backward_reduce(grad, x, weight, bias, mean, invstd)
+        # weight/bias get this process's share, as SyncBatchNorm gives them (DistributedDataParallel
+        # averages parameter gradients itself); x needs the sums of the whole batch.
+        grad_w = sum_dz_xmu * invstd if ctx.needs_input_grad[1] else None
+        grad_b = sum_dz if ctx.needs_input_grad[2] else None
         if ctx.process_group is not None:
             import torch.distributed as dist
 
@@ -152,8 +157,6 @@ class _BNReLUWithStats(torch.autograd.Function):
             sum_dz, sum_dz_xmu = sums.chunk(2)
         grad_x = ctx.ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, sum_dz, sum_dz_xmu,
                                                 int(ctx.count))
-        grad_w = sum_dz_xmu * invstd if ctx.needs_input_grad[1] else None
-        grad_b = sum_dz if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
@@ -268,9 +271,21 @@ def bn_stats(x: torch.Tensor):
 
 
 def _sync_reference(x, weight, bias, running_mean, running_var, momentum, eps, process_group):
-    # SyncBatchNorm's own function, then ReLU: the eager oracle of the synchronised path.
-    import torch.distributed as dist
-    from torch.nn.modules._functions import SyncBatchNorm as _SyncBN
+    # The eager oracle of the synchronised path, in plain differentiable torch ops: statistics from
+    # all-reduced sums (torch.distributed.nn's all_reduce carries the gradient back to every process).
+    from torch.distributed.nn.functional import all_reduce
 
-    world = dist.get_world_size(process_group)
-    return F.relu(_SyncBN.apply(x, weight, bias, running_mean, running_var, eps, momentum, process_group, world))
+    c = x.shape[1]
+    count = all_reduce(x.new_full((1,), x.numel() // c), group=process_group)
+    mean = all_reduce(x.sum((0, 2, 3)), group=process_group) / count
+    xc = x - mean.view(1, c, 1, 1)
+    var = all_reduce(xc.square().sum((0, 2, 3)), group=process_group) / count
+    y = xc * torch.rsqrt(var + eps).view(1, c, 1, 1)
+    if weight is not None:
+        y = y * weight.view(1, c, 1, 1)
+    if bias is not None:
+        y = y + bias.view(1, c, 1, 1)
+    if running_mean is not None:
+        n = int(count.item())
+        _update_running(running_mean, running_var, mean.detach(), var.detach(), n, momentum)
+    return F.relu(y)
