@@ -119,8 +119,8 @@ inline Layout layout_of(const at::Tensor& x, const char* op) {
 
 inline void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
   auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, op, ": ", name,
+              " must be float32, float16, bfloat16 or float64, got ", dt);
 }
 
 // dtype of per-channel vectors and statistics for an input of dtype dt.

@@ -76,6 +76,5 @@ def scaled_residual_add(x: torch.Tensor, residual: torch.Tensor, scale: float, r
     backend = _backend.resolve(x, "scaled_residual_add")
     if backend == "reference":
         return scaled_residual_add_reference(x, residual, scale, relu)
-    if not x.is_non_overlapping_and_dense():
-        x = x.contiguous()
+    x = _library.dense(x)
     return _library.namespace(backend).scaled_residual_add(x, like(residual, x), float(scale), bool(relu))
