@@ -1,0 +1,165 @@
+"""The fused ops vs their eager compositions on Inception-v3 shapes, training (forward+backward) and
+eval (forward), with the device's copy bandwidth as the floor they are measured against."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import QUICK, WITH_COMPILE, devices, run
+from inception_fast import ops
+
+# (N, C, H, W) from Inception-v3 at 299x299, batch 32: after Mixed_5b's input, Mixed_6*, Mixed_7c.
+SHAPES = [(4, 64, 17, 17), (4, 96, 9, 9)] if QUICK else [(32, 192, 35, 35), (32, 768, 17, 17), (32, 2048, 8, 8)]
+LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def _dtypes(device):
+    return [torch.float32] if device == "cpu" else [torch.bfloat16, torch.float32]
+
+
+def _kernel_backends(device):
+    # The Triton interpreter on CPU is a correctness tool, not a speed: only in quick (CI) mode.
+    return [b for b in ops.available_backends(device) if b != "reference" and (QUICK or device == "cuda" or b != "triton")]
+
+
+CASES = [(d, dt) for d in devices() for dt in _dtypes(d)]
+
+
+def _ids(case):
+    d, dt = case
+    return f"{d}-{str(dt).split('.')[-1]}"
+
+
+def contestants(*, compile_ok=True):
+    """(case, contestant) pairs: eager, the copy floor, each fused backend, torch.compile if asked."""
+    out = []
+    for case in CASES:
+        names = ["eager", "copy"] + [f"fused-{b}" for b in _kernel_backends(case[0])]
+        if compile_ok and WITH_COMPILE:
+            names.append("compile")
+        out += [(case, n) for n in names]
+    return out
+
+
+def _pair_ids(pair):
+    return f"{_ids(pair[0])}-{pair[1]}"
+
+
+def _inputs(shape, dtype, layout, device):
+    x = (torch.randn(shape, device=device, dtype=torch.float32) * 2 + 0.5).to(dtype)
+    x = x.contiguous(memory_format=LAYOUTS[layout])
+    g = torch.randn_like(x)
+    return x, g
+
+
+def _shape_id(s):
+    return "x".join(map(str, s))
+
+
+def _bench_group(kind, shape, layout, dtype, device):
+    return f"{kind} {_shape_id(shape)} {layout} {str(dtype).split('.')[-1]} {device}"
+
+
+# ---- bn_relu ---------------------------------------------------------------------------------------
+def _bn_params(C, device):
+    w = (torch.rand(C, device=device) + 0.5).requires_grad_()
+    b = torch.randn(C, device=device).requires_grad_()
+    return w, b, torch.zeros(C, device=device), torch.ones(C, device=device)
+
+
+def _eager_bn_relu(x, w, b, rm, rv, training):
+    return F.relu(F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-3))
+
+
+def _fused_bn_relu(x, w, b, rm, rv, training):
+    return ops.bn_relu(x, w, b, rm, rv, training, 0.1, 1e-3)
+
+
+def _backend_of(contestant):
+    return contestant.split("-", 1)[1] if contestant.startswith("fused-") else "reference"
+
+
+@pytest.mark.parametrize("pair", contestants(), ids=_pair_ids)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+def test_bn_relu_train(benchmark, pair, layout, shape):
+    (device, dtype), contestant = pair
+    x, g = _inputs(shape, dtype, layout, device)
+    w, b, rm, rv = _bn_params(shape[1], device)
+    nbytes = x.numel() * x.element_size()
+    benchmark.group = _bench_group("bn_relu train fwd+bwd", shape, layout, dtype, device)
+    if contestant == "copy":
+        y = torch.empty_like(x)
+        run(benchmark, lambda: y.copy_(x), device, contestant="copy", bytes=2 * nbytes)
+        return
+    fn = {"eager": _eager_bn_relu, "compile": torch.compile(_eager_bn_relu) if contestant == "compile" else None
+          }.get(contestant, _fused_bn_relu)
+    xr = x.detach().requires_grad_()
+
+    def step():
+        xr.grad = w.grad = b.grad = None
+        fn(xr, w, b, rm, rv, True).backward(g)
+
+    with ops.use_backend(_backend_of(contestant)):
+        # fused traffic: stats (1 read), apply (1 read + 1 write), reduce (2 reads), elemt (2 reads + 1 write)
+        run(benchmark, step, device, contestant=contestant, bytes=8 * nbytes)
+
+
+@pytest.mark.parametrize("pair", contestants(compile_ok=False), ids=_pair_ids)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+def test_bn_relu_eval(benchmark, pair, layout, shape):
+    (device, dtype), contestant = pair
+    x, _ = _inputs(shape, dtype, layout, device)
+    w, b, rm, rv = _bn_params(shape[1], device)
+    nbytes = x.numel() * x.element_size()
+    benchmark.group = _bench_group("bn_relu eval fwd", shape, layout, dtype, device)
+    if contestant == "copy":
+        y = torch.empty_like(x)
+        run(benchmark, lambda: y.copy_(x), device, contestant="copy", bytes=2 * nbytes)
+        return
+    fn = _eager_bn_relu if contestant == "eager" else _fused_bn_relu
+    with torch.no_grad(), ops.use_backend(_backend_of(contestant)):
+        run(benchmark, lambda: fn(x, w, b, rm, rv, False), device, contestant=contestant, bytes=2 * nbytes)
+
+
+# ---- scaled_residual_add ---------------------------------------------------------------------------
+# Inception-ResNet-v2 residual shapes at 299x299, batch 32: Block35, Block17, Block8.
+RES_SHAPES = [(4, 320, 9, 9)] if QUICK else [(32, 320, 35, 35), (32, 1088, 17, 17), (32, 2080, 8, 8)]
+
+
+def _eager_residual(x, r):
+    return F.relu(r * 0.17 + x)
+
+
+@pytest.mark.parametrize("pair", contestants(), ids=_pair_ids)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", RES_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_scaled_residual_add(benchmark, pair, layout, shape, mode):
+    (device, dtype), contestant = pair
+    x, g = _inputs(shape, dtype, layout, device)
+    r = torch.randn_like(x)
+    nbytes = x.numel() * x.element_size()
+    # fused traffic: forward 2 reads + 1 write; backward 2 reads (grad, out) + 2 writes
+    traffic = 7 * nbytes if mode == "train" else 3 * nbytes
+    kind = "scaled_residual_add train fwd+bwd" if mode == "train" else "scaled_residual_add eval fwd"
+    benchmark.group = _bench_group(kind, shape, layout, dtype, device)
+    if contestant == "copy":
+        y = torch.empty_like(x)
+        run(benchmark, lambda: y.copy_(x), device, contestant="copy", bytes=2 * nbytes)
+        return
+    fn = {"eager": _eager_residual, "compile": torch.compile(_eager_residual) if contestant == "compile" else None
+          }.get(contestant, lambda x, r: ops.scaled_residual_add(x, r, 0.17, True))
+    name = contestant
+    with ops.use_backend(_backend_of(contestant)):
+        if mode == "eval":
+            with torch.no_grad():
+                run(benchmark, lambda: fn(x, r), device, contestant=name, bytes=traffic)
+        else:
+            xr, rr = x.detach().requires_grad_(), r.detach().requires_grad_()
+
+            def step():
+                xr.grad = rr.grad = None
+                fn(xr, rr).backward(g)
+
+            run(benchmark, step, device, contestant=name, bytes=traffic)
