@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment (.venv, or $VENV) with torch and builds inception_fast in place.
+# Idempotent: a second run reuses what is there. CUDA kernels are built when torch sees a GPU and
+# a toolkit (CUDA_HOME, default /usr/local/cuda), or when FORCE_CUDA=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip setuptools wheel
+# torchvision 0.29 is built for torch 2.14: install the pair first, then build against that torch.
+python -c "import torch, torchvision" 2>/dev/null || python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q numpy pybind11 ninja
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+python -m pip install -q --no-build-isolation -e ".[test]"
+python - <<'PY'
+import torch, inception_fast
+from inception_fast import _ext, ops
+print(f"inception_fast {inception_fast.__version__} on torch {torch.__version__}: "
+      f"_C {'loaded' if _ext.loaded() else 'NOT loaded: ' + str(_ext.LOAD_ERROR)}, "
+      f"CUDA kernels {'built' if _ext.has_kernel('bn_stats', 'CUDA') else 'not built'}, "
+      f"backends for CPU tensors: {ops.available_backends('cpu')}")
+PY
