@@ -5,6 +5,7 @@ same run.
   pytest benchmarks/ --benchmark-only                  # full sizes
   INCEPTION_FAST_BENCH_QUICK=1 pytest benchmarks/ ...  # CI: small shapes, few rounds
   INCEPTION_FAST_BENCH_COMPILE=1 ...                   # add torch.compile of the eager composition
+  INCEPTION_FAST_BENCH_DEVICE=cuda ...                 # time one device only
 """
 import os
 
@@ -19,7 +20,10 @@ WITH_COMPILE = os.environ.get("INCEPTION_FAST_BENCH_COMPILE") == "1"
 
 
 def devices():
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    """Devices to time: INCEPTION_FAST_BENCH_DEVICE=cpu|cuda picks one, else every one present."""
+    present = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    only = os.environ.get("INCEPTION_FAST_BENCH_DEVICE")
+    return [d for d in present if d == only] if only else present
 
 
 def sync(device):
