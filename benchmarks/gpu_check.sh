@@ -38,8 +38,7 @@ python3 -m pytest tests/ -q -p no:cacheprovider -k "cuda" -rf --junitxml="$out/t
 
 echo "=== op benchmarks on the GPU"
 INCEPTION_FAST_BENCH_DEVICE=cuda python3 -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
-  --benchmark-json="$out/bench_ops.json" --benchmark-columns=median 2>&1 >"$out/bench.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  --benchmark-json="$out/bench_ops.json" --benchmark-columns=median >"$out/bench.log" 2>&1 || status=1
 sed -n '/speed-up over eager/,/GB\/s counts/p' "$out/bench.log" | tee "$out/table.txt"
 
 if [ $status -ne 0 ]; then
