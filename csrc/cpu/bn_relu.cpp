@@ -19,54 +19,72 @@ namespace inception_fast {
 namespace cpu {
 namespace {
 
-constexpr int kLanes = 16;         // float32 accumulators per plane (one AVX-512 vector)
-constexpr int64_t kFlush = 1024;   // values summed in float32 before moving to double
+constexpr int64_t kFlush = 64;     // values per vector lane summed in float32 before moving to double
 constexpr int64_t kRowFlush = 64;  // channels_last rows summed in float32 before moving to double
 
 // ---- statistics --------------------------------------------------------------------------
 // Sums of d = x - K and d^2, K a value of the same channel: shifting by a sample keeps the
 // one-pass variance E[d^2] - E[d]^2 free of cancellation when |mean| >> std. Partial sums stay
 // short in float32 (kFlush values per lane), the rest is accumulated in double.
+// NCHW: the planes n = 0..nplanes-1 of one channel (plane_stride apart, S values each), summed
+// into vector accumulators that are only reduced to double every kFlush values, so a small plane
+// (8x8) costs its loads, not a horizontal reduction.
 template <typename T, typename A = acc_t<T>>
-IF_CPU_CLONES void plane_shifted_sums(const T* __restrict__ x, int64_t S, A K, double* out_sum,
-                                      double* out_sumsq) {
+IF_CPU_CLONES void planes_shifted_sums(const T* __restrict__ x, int64_t nplanes, int64_t plane_stride, int64_t S,
+                                       A K, double* out_sum, double* out_sumsq) {
+  using V = vec_t<A>;
+  constexpr int L = vec_lanes<A>;
   double s = 0, ss = 0;
-  for (int64_t b0 = 0; b0 < S; b0 += kFlush) {
-    const int64_t b1 = std::min(S, b0 + kFlush);
-    A ps[kLanes] = {0}, pss[kLanes] = {0};
-    int64_t i = b0;
-    for (; i + kLanes <= b1; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const A d = to_acc(x[i + l]) - K;
-        ps[l] += d;
-        pss[l] += d * d;
-      }
+  V vs = {}, vss = {};
+  A ts = 0, tss = 0;
+  int64_t pending = 0;
+  for (int64_t n = 0; n < nplanes; ++n) {
+    const T* __restrict__ p = x + n * plane_stride;
+    int64_t i = 0;
+    for (; i + L <= S; i += L) {
+      const V d = load_vec(p + i) - K;
+      vs += d;
+      vss += d * d;
     }
-    for (; i < b1; ++i) {
-      const A d = to_acc(x[i]) - K;
-      ps[0] += d;
-      pss[0] += d * d;
+    for (; i < S; ++i) {
+      const A d = to_acc(p[i]) - K;
+      ts += d;
+      tss += d * d;
     }
-    for (int l = 0; l < kLanes; ++l) {
-      s += ps[l];
-      ss += pss[l];
+    pending += S;
+    if (pending >= kFlush * L || n + 1 == nplanes) {
+      s += hsum<A>(vs) + ts;
+      ss += hsum<A>(vss) + tss;
+      vs = V{}, vss = V{};
+      ts = tss = 0;
+      pending = 0;
     }
   }
   *out_sum = s;
   *out_sumsq = ss;
 }
 
+// channels_last: rows of C channels; per-channel float sums ps/pss over kRowFlush rows at a time.
 template <typename T, typename A = acc_t<T>>
 IF_CPU_CLONES void rows_shifted_sums(const T* __restrict__ x, int64_t rows, int64_t C,
                                      const A* __restrict__ K, double* __restrict__ sum,
                                      double* __restrict__ sumsq, A* __restrict__ ps,
                                      A* __restrict__ pss) {
+  using V = vec_t<A>;
+  constexpr int L = vec_lanes<A>;
+  const int64_t Cv = C - C % L;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowFlush) {
     const int64_t r1 = std::min(rows, r0 + kRowFlush);
     for (int64_t c = 0; c < C; ++c) ps[c] = pss[c] = A(0);
     for (int64_t r = r0; r < r1; ++r) {
       const T* __restrict__ row = x + r * C;
-      for (int64_t c = 0; c < C; ++c) {
+      int64_t c = 0;
+      for (; c < Cv; c += L) {
+        const V d = load_vec(row + c) - load_acc(K + c);
+        store_acc(ps + c, load_acc(ps + c) + d);
+        store_acc(pss + c, load_acc(pss + c) + d * d);
+      }
+      for (; c < C; ++c) {
         const A d = to_acc(row[c]) - K[c];
         ps[c] += d;
         pss[c] += d * d;
@@ -96,41 +114,53 @@ IF_CPU_CLONES void plane_apply(const T* __restrict__ x, T* __restrict__ y, int64
 
 template <typename T, typename A = acc_t<T>>
 IF_CPU_CLONES void rows_apply(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t C,
-                              const A* __restrict__ m, const A* __restrict__ a,
-                              const A* __restrict__ b) {
+                              const A* __restrict__ m, const A* __restrict__ a, const A* __restrict__ b) {
+  constexpr int L = vec_lanes<A>;
+  const int64_t Cv = C - C % L;
   for (int64_t r = 0; r < rows; ++r) {
     const T* __restrict__ xr = x + r * C;
     T* __restrict__ yr = y + r * C;
-    for (int64_t c = 0; c < C; ++c) yr[c] = from_acc<T>(relu(preact(to_acc(xr[c]), m[c], a[c], b[c])));
+    int64_t c = 0;
+    for (; c < Cv; c += L)
+      store_vec(yr + c, relu_vec<A>((load_vec(xr + c) - load_acc(m + c)) * load_acc(a + c) + load_acc(b + c)));
+    for (; c < C; ++c) yr[c] = from_acc<T>(relu(preact(to_acc(xr[c]), m[c], a[c], b[c])));
   }
 }
 
 // ---- backward --------------------------------------------------------------------------------
 template <typename T, typename A = acc_t<T>>
-IF_CPU_CLONES void plane_backward_sums(const T* __restrict__ g, const T* __restrict__ x, int64_t S, A m,
-                                       A a, A b, double* out_dz, double* out_dz_xmu) {
+IF_CPU_CLONES void planes_backward_sums(const T* __restrict__ g, const T* __restrict__ x, int64_t nplanes,
+                                        int64_t plane_stride, int64_t S, A m, A a, A b, double* out_dz,
+                                        double* out_dz_xmu) {
+  using V = vec_t<A>;
+  constexpr int L = vec_lanes<A>;
   double s1 = 0, s2 = 0;
-  for (int64_t b0 = 0; b0 < S; b0 += kFlush) {
-    const int64_t b1 = std::min(S, b0 + kFlush);
-    A p1[kLanes] = {0}, p2[kLanes] = {0};
-    int64_t i = b0;
-    for (; i + kLanes <= b1; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const A xv = to_acc(x[i + l]);
-        const A dz = preact(xv, m, a, b) > A(0) ? to_acc(g[i + l]) : A(0);
-        p1[l] += dz;
-        p2[l] += dz * (xv - m);
-      }
+  V v1 = {}, v2 = {};
+  A t1 = 0, t2 = 0;
+  int64_t pending = 0;
+  for (int64_t n = 0; n < nplanes; ++n) {
+    const T* __restrict__ xp = x + n * plane_stride;
+    const T* __restrict__ gp = g + n * plane_stride;
+    int64_t i = 0;
+    for (; i + L <= S; i += L) {
+      const V xm = load_vec(xp + i) - m;
+      const V dz = (xm * a + b > A(0)) ? load_vec(gp + i) : V{};
+      v1 += dz;
+      v2 += dz * xm;
     }
-    for (; i < b1; ++i) {
-      const A xv = to_acc(x[i]);
-      const A dz = preact(xv, m, a, b) > A(0) ? to_acc(g[i]) : A(0);
-      p1[0] += dz;
-      p2[0] += dz * (xv - m);
+    for (; i < S; ++i) {
+      const A xv = to_acc(xp[i]), gv = to_acc(gp[i]);
+      const A dz = preact(xv, m, a, b) > A(0) ? gv : A(0);
+      t1 += dz;
+      t2 += dz * (xv - m);
     }
-    for (int l = 0; l < kLanes; ++l) {
-      s1 += p1[l];
-      s2 += p2[l];
+    pending += S;
+    if (pending >= kFlush * L || n + 1 == nplanes) {
+      s1 += hsum<A>(v1) + t1;
+      s2 += hsum<A>(v2) + t2;
+      v1 = V{}, v2 = V{};
+      t1 = t2 = 0;
+      pending = 0;
     }
   }
   *out_dz = s1;
@@ -143,15 +173,25 @@ IF_CPU_CLONES void rows_backward_sums(const T* __restrict__ g, const T* __restri
                                       const A* __restrict__ b, double* __restrict__ s1,
                                       double* __restrict__ s2, A* __restrict__ p1,
                                       A* __restrict__ p2) {
+  using V = vec_t<A>;
+  constexpr int L = vec_lanes<A>;
+  const int64_t Cv = C - C % L;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowFlush) {
     const int64_t r1 = std::min(rows, r0 + kRowFlush);
     for (int64_t c = 0; c < C; ++c) p1[c] = p2[c] = A(0);
     for (int64_t r = r0; r < r1; ++r) {
       const T* __restrict__ xr = x + r * C;
       const T* __restrict__ gr = g + r * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const A xv = to_acc(xr[c]);
-        const A dz = preact(xv, m[c], a[c], b[c]) > A(0) ? to_acc(gr[c]) : A(0);
+      int64_t c = 0;
+      for (; c < Cv; c += L) {
+        const V xm = load_vec(xr + c) - load_acc(m + c);
+        const V dz = (xm * load_acc(a + c) + load_acc(b + c) > A(0)) ? load_vec(gr + c) : V{};
+        store_acc(p1 + c, load_acc(p1 + c) + dz);
+        store_acc(p2 + c, load_acc(p2 + c) + dz * xm);
+      }
+      for (; c < C; ++c) {
+        const A xv = to_acc(xr[c]), gv = to_acc(gr[c]);
+        const A dz = preact(xv, m[c], a[c], b[c]) > A(0) ? gv : A(0);
         p1[c] += dz;
         p2[c] += dz * (xv - m[c]);
       }
@@ -169,8 +209,8 @@ template <typename T, typename A = acc_t<T>>
 IF_CPU_CLONES void plane_backward_elemt(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ dx,
                                         int64_t S, A m, A a, A b, A k, A d) {
   for (int64_t i = 0; i < S; ++i) {
-    const A xv = to_acc(x[i]);
-    const A dz = preact(xv, m, a, b) > A(0) ? to_acc(g[i]) : A(0);
+    const A xv = to_acc(x[i]), gv = to_acc(g[i]);
+    const A dz = preact(xv, m, a, b) > A(0) ? gv : A(0);
     dx[i] = from_acc<T>(a * dz + k * (xv - m) + d);
   }
 }
@@ -180,13 +220,23 @@ IF_CPU_CLONES void rows_backward_elemt(const T* __restrict__ g, const T* __restr
                                        int64_t rows, int64_t C, const A* __restrict__ m,
                                        const A* __restrict__ a, const A* __restrict__ b,
                                        const A* __restrict__ k, const A* __restrict__ d) {
+  using V = vec_t<A>;
+  constexpr int L = vec_lanes<A>;
+  const int64_t Cv = C - C % L;
   for (int64_t r = 0; r < rows; ++r) {
     const T* __restrict__ xr = x + r * C;
     const T* __restrict__ gr = g + r * C;
     T* __restrict__ dr = dx + r * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const A xv = to_acc(xr[c]);
-      const A dz = preact(xv, m[c], a[c], b[c]) > A(0) ? to_acc(gr[c]) : A(0);
+    int64_t c = 0;
+    for (; c < Cv; c += L) {
+      const V xm = load_vec(xr + c) - load_acc(m + c);
+      const V av = load_acc(a + c);
+      const V dz = (xm * av + load_acc(b + c) > A(0)) ? load_vec(gr + c) : V{};
+      store_vec(dr + c, av * dz + load_acc(k + c) * xm + load_acc(d + c));
+    }
+    for (; c < C; ++c) {
+      const A xv = to_acc(xr[c]), gv = to_acc(gr[c]);
+      const A dz = preact(xv, m[c], a[c], b[c]) > A(0) ? gv : A(0);
       dr[c] = from_acc<T>(a[c] * dz + k[c] * (xv - m[c]) + d[c]);
     }
   }
@@ -244,22 +294,31 @@ Layout check_bn_inputs(const char* op, const at::Tensor& x, const c10::optional<
   return l;
 }
 
-// Sums over the (n, c) planes (NCHW) or over row chunks (channels_last) of a reduction that
-// yields two per-channel values, accumulated in double. `plane(q, &s1, &s2)` reduces plane q;
-// `rows(r0, r1, s1, s2)` adds rows [r0, r1) into the [C] arrays s1, s2.
-template <typename PlaneFn, typename RowsFn>
-void reduce_two(const Layout& l, std::vector<double>& s1, std::vector<double>& s2, const PlaneFn& plane,
+// Per-channel sums of a reduction that yields two values, accumulated in double. NCHW: tasks are
+// (channel, range of n), `planes(c, n0, n1, &s1, &s2)` reduces planes n0..n1-1 of channel c;
+// channels_last: row chunks, `rows(r0, r1, s1, s2)` adds rows [r0, r1) into the [C] arrays s1, s2.
+template <typename PlanesFn, typename RowsFn>
+void reduce_two(const Layout& l, std::vector<double>& s1, std::vector<double>& s2, const PlanesFn& planes,
                 const RowsFn& rows_fn) {
   s1.assign(l.C, 0.0);
   s2.assign(l.C, 0.0);
   if (!l.channels_last) {
-    std::vector<double> q1(l.N * l.C), q2(l.N * l.C);
-    at::parallel_for(0, l.N * l.C, plane_grain(l.S), [&](int64_t p0, int64_t p1) {
-      for (int64_t q = p0; q < p1; ++q) plane(q, &q1[q], &q2[q]);
-    });
-    for (int64_t q = 0; q < l.N * l.C; ++q) {
-      s1[q % l.C] += q1[q];
-      s2[q % l.C] += q2[q];
+    // Split the batch only as far as needed to give every thread a few tasks.
+    const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t nsplit = std::min<int64_t>(l.N, std::max<int64_t>(1, (want + l.C - 1) / l.C));
+    const int64_t per = (l.N + nsplit - 1) / nsplit;
+    const int64_t tasks = l.C * nsplit;
+    std::vector<double> q1(tasks, 0.0), q2(tasks, 0.0);
+    at::parallel_for(0, tasks, std::max<int64_t>(1, kGrainElems / std::max<int64_t>(per * l.S, 1)),
+                     [&](int64_t t0, int64_t t1) {
+                       for (int64_t t = t0; t < t1; ++t) {
+                         const int64_t c = t % l.C, n0 = (t / l.C) * per, n1 = std::min(l.N, n0 + per);
+                         if (n0 < n1) planes(c, n0, n1, &q1[t], &q2[t]);
+                       }
+                     });
+    for (int64_t t = 0; t < tasks; ++t) {
+      s1[t % l.C] += q1[t];
+      s2[t % l.C] += q2[t];
     }
   } else {
     const int64_t rows = l.N * l.S, chunks = num_row_chunks(rows, l.C);
@@ -309,7 +368,9 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x) {
     std::vector<double> sum, sumsq;
     reduce_two(
         l, sum, sumsq,
-        [&](int64_t q, double* s1, double* s2) { plane_shifted_sums(xp + q * l.S, l.S, K[q % l.C], s1, s2); },
+        [&](int64_t c, int64_t n0, int64_t n1, double* s1, double* s2) {
+          planes_shifted_sums(xp + (n0 * l.C + c) * l.S, n1 - n0, l.C * l.S, l.S, K[c], s1, s2);
+        },
         [&](int64_t r0, int64_t r1, double* s1, double* s2) {
           std::vector<A> t1(l.C), t2(l.C);
           rows_shifted_sums(xp + r0 * l.C, r1 - r0, l.C, K.data(), s1, s2, t1.data(), t2.data());
@@ -368,9 +429,9 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce(const at::Tensor& gra
     std::vector<double> s1, s2;
     reduce_two(
         l, s1, s2,
-        [&](int64_t q, double* d1, double* d2) {
-          const int64_t c = q % l.C;
-          plane_backward_sums(gp + q * l.S, xp + q * l.S, l.S, p.m[c], p.a[c], p.b[c], d1, d2);
+        [&](int64_t c, int64_t n0, int64_t n1, double* d1, double* d2) {
+          const int64_t off = (n0 * l.C + c) * l.S;
+          planes_backward_sums(gp + off, xp + off, n1 - n0, l.C * l.S, l.S, p.m[c], p.a[c], p.b[c], d1, d2);
         },
         [&](int64_t r0, int64_t r1, double* d1, double* d2) {
           std::vector<A> t1(l.C), t2(l.C);

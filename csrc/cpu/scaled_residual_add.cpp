@@ -27,7 +27,8 @@ IF_CPU_CLONES void residual_backward(const T* __restrict__ g, const T* __restric
                                      T* __restrict__ gr, int64_t n, A scale, bool apply_relu) {
   if (apply_relu) {
     for (int64_t i = 0; i < n; ++i) {
-      const A gv = to_acc(out[i]) > A(0) ? to_acc(g[i]) : A(0);
+      const A go = to_acc(g[i]);
+      const A gv = to_acc(out[i]) > A(0) ? go : A(0);
       gx[i] = from_acc<T>(gv);
       gr[i] = from_acc<T>(scale * gv);
     }
