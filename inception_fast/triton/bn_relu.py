@@ -260,7 +260,8 @@ def _bn_stats_combine_kernel(
         delta = tl.load(pdelta_ptr + offs, mask=mask, other=0.0)
         acc_n += cnt
         acc_s += cnt * (shift + delta)
-    n = tl.sum(acc_n, axis=0)
+    # Columns past C (masked) have n = 0: divide by 1 there instead of making a NaN to discard.
+    n = tl.where(col_mask, tl.sum(acc_n, axis=0), 1.0)
     mean = tl.sum(acc_s, axis=0) / n
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
