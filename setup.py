@@ -22,11 +22,24 @@ def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
 
+def _toolkit_ok():
+    # `which nvcc` can make torch guess a CUDA_HOME (e.g. /usr/local) that holds no CUDA headers.
+    home = cpp_extension.CUDA_HOME
+    return home is not None and os.path.exists(os.path.join(home, "include", "cuda_runtime.h"))
+
+
 def _want_cuda():
-    force = os.environ.get("FORCE_CUDA")
-    if force is not None and force.strip() != "":
-        return force.strip() == "1"
-    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
+    force = os.environ.get("FORCE_CUDA", "").strip()
+    if force:
+        return force == "1"
+    if torch.version.cuda is None or cpp_extension.CUDA_HOME is None:
+        return False
+    if not _toolkit_ok():
+        print(f"inception_fast: CUDA_HOME={cpp_extension.CUDA_HOME} has no include/cuda_runtime.h; building the "
+              "CPU kernels only (set CUDA_HOME to the toolkit, e.g. /usr/local/cuda, to build the CUDA ones)",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _cuda_include_dirs():
@@ -46,8 +59,9 @@ def extensions():
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-DTORCH_EXTENSION_NAME=_C"]
     link = ["-fopenmp"]
     if _want_cuda():
-        if cpp_extension.CUDA_HOME is None:
-            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME (e.g. /usr/local/cuda)")
+        if not _toolkit_ok():
+            sys.exit(f"FORCE_CUDA=1 but no CUDA toolkit was found (CUDA_HOME={cpp_extension.CUDA_HOME}): "
+                     "set CUDA_HOME, e.g. /usr/local/cuda")
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DTORCH_EXTENSION_NAME=_C"]
         return [cpp_extension.CUDAExtension(

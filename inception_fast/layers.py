@@ -7,41 +7,28 @@ The path is chosen per module (`module.fused = True/False`) or, where that is No
 """
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from inception_fast._settings import Setting
 from inception_fast.ops import bn_relu, scaled_residual_add
 
-_state = threading.local()
-_fused_default = True
+_fused = Setting(True, bool)
 
 
 def set_fused(enabled: bool) -> None:
     """Choose the path of every layer whose own `fused` is None."""
-    global _fused_default
-    _fused_default = bool(enabled)
+    _fused.set(enabled)
 
 
 def fused_enabled() -> bool:
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _fused_default
+    return _fused.get()
 
 
-@contextlib.contextmanager
 def use_fused(enabled: bool = True):
-    """Run layers whose own `fused` is None on the fused (True) or reference (False) path."""
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(bool(enabled))
-    try:
-        yield
-    finally:
-        stack.pop()
+    """Context manager: run layers whose own `fused` is None on the fused (True) or reference (False) path."""
+    return _fused.use(enabled)
 
 
 class _PathMixin:

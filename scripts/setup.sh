@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (.venv, or $VENV) with torch and builds inception_fast in place.
-# Idempotent: a second run reuses what is there. CUDA kernels are built when torch sees a GPU and
-# a toolkit (CUDA_HOME, default /usr/local/cuda), or when FORCE_CUDA=1.
+# Idempotent: a second run reuses what is there. CUDA kernels are built when torch has CUDA and a
+# toolkit is found (CUDA_HOME, default /usr/local/cuda); FORCE_CUDA=0 / 1 skips / insists on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

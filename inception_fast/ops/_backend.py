@@ -8,57 +8,46 @@ warning the first time -- never silently.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import threading
 import warnings
 
 import torch
 
 from inception_fast import _ext
+from inception_fast._settings import Setting
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 _CHOICES = ("auto",) + BACKENDS
 # Fallback order per device type, best first.
 _ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
-_state = threading.local()
-_default: str = "auto"
 _warned: set = set()
 
 
 def _validate(name: str) -> str:
-    name = name.strip().lower()
+    name = str(name).strip().lower()
     if name not in _CHOICES:
         raise ValueError(f"unknown inception_fast backend {name!r}; expected one of {', '.join(_CHOICES)}")
     return name
 
 
+_setting = Setting("auto", _validate)
+
+
 def set_backend(name: str) -> None:
     """Set the process-wide backend ("auto", "reference", "cpu", "cuda" or "triton")."""
-    global _default
-    _default = _validate(name)
+    _setting.set(name)
 
 
 def get_backend() -> str:
     """The backend requested now ("auto" unless set); see resolve() for the one an op will use."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _default
+    return _setting.get()
 
 
-@contextlib.contextmanager
 def use_backend(name: str):
-    """Run the ops in this block on `name` (falls back, with a warning, where it cannot)."""
-    name = _validate(name)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(name)
-    try:
-        yield
-    finally:
-        stack.pop()
+    """Context manager: run the ops in this block on `name` (falls back, with a warning, where it cannot)."""
+    return _setting.use(name)
 
 
 @functools.lru_cache(maxsize=None)
