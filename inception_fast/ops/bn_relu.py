@@ -75,28 +75,41 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias, mean, invstd)
 
 
+def _backward(ops, grad, x, weight, bias, mean, invstd, training, count, needs, process_group=None):
+    """(grad_x, grad_weight, grad_bias) of relu(bn(x)) with the kernels of namespace `ops`.
+    In training mean/invstd are functions of x (batch statistics of `count` values per channel);
+    with a process group, the two per-channel sums are all-reduced before the elementwise pass."""
+    need_x, need_w, need_b = needs
+    grad = like(grad, x)
+    sum_dz = sum_dz_xmu = None
+    if need_w or need_b or (need_x and training):
+        sum_dz, sum_dz_xmu = ops.bn_relu_backward_reduce(grad, x, weight, bias, mean, invstd)
+    # weight/bias get this process's share, as SyncBatchNorm gives them (DistributedDataParallel
+    # averages parameter gradients itself); x needs the sums of the whole batch.
+    grad_w = sum_dz_xmu * invstd if need_w else None
+    grad_b = sum_dz if need_b else None
+    grad_x = None
+    if need_x and training:
+        if process_group is not None:
+            import torch.distributed as dist
+
+            sums = torch.cat([sum_dz, sum_dz_xmu])
+            dist.all_reduce(sums, group=process_group)
+            sum_dz, sum_dz_xmu = sums.chunk(2)
+        grad_x = ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, sum_dz, sum_dz_xmu, count)
+    elif need_x:
+        grad_x = ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, None, None, 0)
+    return grad_x, grad_w, grad_b
+
+
 def _make_backward(ops):
     def backward(ctx, grad):
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = like(grad, x)
-        grad_x = grad_w = grad_b = None
-        sum_dz = sum_dz_xmu = None
-        if need_w or need_b or (need_x and ctx.training):
-            sum_dz, sum_dz_xmu = ops.bn_relu_backward_reduce(grad, x, weight, bias, mean, invstd)
-        if need_x:
-            if ctx.training:
-                grad_x = ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, sum_dz, sum_dz_xmu,
-                                                    ctx.count)
-            else:
-                grad_x = ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, None, None, 0)
-        if need_w:
-            grad_w = sum_dz_xmu * invstd
-        if need_b:
-            grad_b = sum_dz
+        grads = _backward(ops, grad, x, weight, bias, mean, invstd, ctx.training, ctx.count,
+                          ctx.needs_input_grad[:3])
         # mean/invstd: in training they are functions of x, whose gradient grad_x already holds;
         # in eval they are buffers.
-        return grad_x, grad_w, grad_b, None, None, None
+        return (*grads, None, None, None)
 
     return backward
 
@@ -143,21 +156,9 @@ class _BNReLUWithStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        grad = like(grad, x)
-        sum_dz, sum_dz_xmu = ctx.ops.bn_relu_backward_reduce(grad, x, weight, bias, mean, invstd)
-        # weight/bias get this process's share, as SyncBatchNorm gives them (DistributedDataParallel
-        # averages parameter gradients itself); x needs the sums of the whole batch.
-        grad_w = sum_dz_xmu * invstd if ctx.needs_input_grad[1] else None
-        grad_b = sum_dz if ctx.needs_input_grad[2] else None
-        if ctx.process_group is not None:
-            import torch.distributed as dist
-
-            sums = torch.cat([sum_dz, sum_dz_xmu])
-            dist.all_reduce(sums, group=ctx.process_group)
-            sum_dz, sum_dz_xmu = sums.chunk(2)
-        grad_x = ctx.ops.bn_relu_backward_elemt(grad, x, weight, bias, mean, invstd, sum_dz, sum_dz_xmu,
-                                                int(ctx.count))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        grads = _backward(ctx.ops, grad, x, weight, bias, mean, invstd, True, int(ctx.count),
+                          ctx.needs_input_grad[:3], ctx.process_group)
+        return (*grads, None, None, None, None, None)
 
 
 # ---- the Python API --------------------------------------------------------------------------------
