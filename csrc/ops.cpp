@@ -6,8 +6,9 @@
 // Conventions shared by all kernels:
 //  * activations are 4-D (N, C, H, W), contiguous either in NCHW or in channels_last; the
 //    output keeps the input's memory format (no layout copy);
-//  * activations are float32, float16 or bfloat16; per-channel vectors (weight, bias, mean,
-//    invstd, the reduced sums) are float32 contiguous [C]; all arithmetic is in float32;
+//  * activations are float32, float16 or bfloat16 (and float64 on the CPU, for gradcheck);
+//    per-channel vectors (weight, bias, mean, invstd, the reduced sums) are contiguous [C] in the
+//    arithmetic type: float32, or float64 for float64 activations;
 //  * ReLU propagates NaN (a NaN pre-activation gives NaN, as torch.relu does).
 #include <torch/library.h>
 
