@@ -1,0 +1,217 @@
+"""Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture", 2015), with the module
+names of torchvision's `inception_v3`, so its state_dict (AuxLogits included) loads with strict=True.
+
+Blocks as the paper and torchvision name them: InceptionA (35x35, Mixed_5b-d), InceptionB (grid
+reduction, Mixed_6a), InceptionC (17x17 with factorised 7x7, Mixed_6b-e), InceptionD (reduction,
+Mixed_7a), InceptionE (8x8 with expanded 1x3/3x1 outputs, Mixed_7b-c), InceptionAux (the auxiliary
+classifier on the 17x17 grid). Every conv-BN-ReLU is a ConvBNReLU, so the model runs on the reference
+or the fused path with the same parameters.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inception_fast.layers import ConvBNReLU
+
+InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
+
+# The smallest input the stem and the three grid reductions leave a non-empty map for
+# (the fine-tuning size of the seeds).
+MIN_INPUT_SIZE = 75
+# InceptionAux (5x5 average pool, stride 3, then a 5x5 conv) needs at least a 17x17 grid.
+AUX_MIN_GRID = 17
+
+
+class InceptionA(nn.Module):
+    def __init__(self, in_channels: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = ConvBNReLU(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = ConvBNReLU(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = ConvBNReLU(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = ConvBNReLU(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = ConvBNReLU(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = ConvBNReLU(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = ConvBNReLU(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b5, b3, bp], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3 = ConvBNReLU(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = ConvBNReLU(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = ConvBNReLU(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = ConvBNReLU(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3(x)
+        bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([b3, bd, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, in_channels: int, channels_7x7: int):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = ConvBNReLU(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = ConvBNReLU(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = ConvBNReLU(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = ConvBNReLU(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = ConvBNReLU(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = ConvBNReLU(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = ConvBNReLU(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = ConvBNReLU(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = ConvBNReLU(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = ConvBNReLU(in_channels, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = self.branch7x7dbl_1(x)
+        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            bd = conv(bd)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b7, bd, bp], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3_1 = ConvBNReLU(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = ConvBNReLU(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = ConvBNReLU(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = ConvBNReLU(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = ConvBNReLU(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = ConvBNReLU(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_1(x)
+        for conv in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            b7 = conv(b7)
+        return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch1x1 = ConvBNReLU(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = ConvBNReLU(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = ConvBNReLU(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = ConvBNReLU(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = ConvBNReLU(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = ConvBNReLU(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = ConvBNReLU(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = ConvBNReLU(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = ConvBNReLU(in_channels, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b3, bd, bp], 1)
+
+
+class InceptionAux(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv0 = ConvBNReLU(in_channels, 128, kernel_size=1)
+        self.conv1 = ConvBNReLU(128, 768, kernel_size=5)
+        self.conv1.stddev = 0.01
+        self.fc = nn.Linear(768, num_classes)
+        self.fc.stddev = 0.001
+
+    def forward(self, x):
+        x = self.conv1(self.conv0(F.avg_pool2d(x, kernel_size=5, stride=3)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+
+class Inception3(nn.Module):
+    """torchvision's Inception3, same arguments and attributes (aux_logits, transform_input,
+    init_weights, dropout). Returns InceptionOutputs(logits, aux_logits) in training mode with
+    aux_logits, else the logits."""
+
+    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
+                 init_weights: bool = True, dropout: float = 0.5, in_chans: int = 3):
+        super().__init__()
+        self.aux_logits = aux_logits
+        self.transform_input = transform_input
+        self.Conv2d_1a_3x3 = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = ConvBNReLU(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = ConvBNReLU(32, 64, kernel_size=3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Conv2d_3b_1x1 = ConvBNReLU(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = ConvBNReLU(80, 192, kernel_size=3)
+        self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.AuxLogits = InceptionAux(768, num_classes) if aux_logits else None
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280)
+        self.Mixed_7c = InceptionE(2048)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(2048, num_classes)
+        if init_weights:
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    stddev = float(getattr(m, "stddev", 0.1))
+                    nn.init.trunc_normal_(m.weight, mean=0.0, std=stddev, a=-2, b=2)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.constant_(m.weight, 1)
+                    nn.init.constant_(m.bias, 0)
+
+    def _transform_input(self, x):
+        # ImageNet-normalised input -> the (x - 0.5) / 0.5 scaling the ported Google weights expect.
+        if not self.transform_input:
+            return x
+        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+        return torch.cat((x0, x1, x2), 1)
+
+    def forward(self, x):
+        if x.dim() != 4 or min(x.shape[-2:]) < MIN_INPUT_SIZE:
+            raise ValueError(f"inception_v3 needs a 4-D input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
+                             f"shape {tuple(x.shape)}")
+        x = self._transform_input(x)
+        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
+        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(
+            self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))))))
+        aux = None
+        if self.AuxLogits is not None and self.training:
+            if min(x.shape[-2:]) < AUX_MIN_GRID:
+                raise ValueError(f"inception_v3's auxiliary classifier needs the {AUX_MIN_GRID}x{AUX_MIN_GRID} grid of a "
+                                 f"299x299 input, got {tuple(x.shape[-2:])} there; train smaller inputs with "
+                                 "aux_logits=False")
+            aux = self.AuxLogits(x)
+        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
+        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        if self.training and self.aux_logits:
+            return InceptionOutputs(x, aux)
+        return x
+
+
+def inception_v3(**kwargs) -> Inception3:
+    """Inception-v3 as torchvision builds it (`torchvision.models.inception_v3(weights=None, **kwargs)`)."""
+    return Inception3(**kwargs)
