@@ -271,16 +271,39 @@ def bn_stats(x: torch.Tensor):
     return _library.namespace(backend).bn_stats(_library.dense(x.detach()))
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of a sum over processes is the all-reduced
+    gradient. (torch.distributed.nn.functional.all_reduce does this too, but is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 def _sync_reference(x, weight, bias, running_mean, running_var, momentum, eps, process_group):
     # The eager oracle of the synchronised path, in plain differentiable torch ops: statistics from
-    # all-reduced sums (torch.distributed.nn's all_reduce carries the gradient back to every process).
-    from torch.distributed.nn.functional import all_reduce
+    # all-reduced sums, the gradient carried back to every process by _AllReduceSum.
+    def all_reduce(t):
+        return _AllReduceSum.apply(t, process_group)
 
     c = x.shape[1]
-    count = all_reduce(x.new_full((1,), x.numel() // c), group=process_group)
-    mean = all_reduce(x.sum((0, 2, 3)), group=process_group) / count
+    count = all_reduce(x.new_full((1,), x.numel() // c))
+    mean = all_reduce(x.sum((0, 2, 3))) / count
     xc = x - mean.view(1, c, 1, 1)
-    var = all_reduce(xc.square().sum((0, 2, 3)), group=process_group) / count
+    var = all_reduce(xc.square().sum((0, 2, 3))) / count
     y = xc * torch.rsqrt(var + eps).view(1, c, 1, 1)
     if weight is not None:
         y = y * weight.view(1, c, 1, 1)
