@@ -1,6 +1,9 @@
 """Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture", 2015), with the module
 names of torchvision's `inception_v3`, so its state_dict (AuxLogits included) loads with strict=True.
 
+`aux_logits=False` gives timm's `inception_v3` (the same names without AuxLogits), so timm's
+state_dict loads too.
+
 Blocks as the paper and torchvision name them: InceptionA (35x35, Mixed_5b-d), InceptionB (grid
 reduction, Mixed_6a), InceptionC (17x17 with factorised 7x7, Mixed_6b-e), InceptionD (reduction,
 Mixed_7a), InceptionE (8x8 with expanded 1x3/3x1 outputs, Mixed_7b-c), InceptionAux (the auxiliary
@@ -16,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inception_fast.layers import ConvBNReLU
+from inception_fast.models._base import InceptionModel
+from inception_fast.models._registry import register_model
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 
@@ -139,16 +144,35 @@ class InceptionAux(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
 
 
-class Inception3(nn.Module):
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+class Inception3(InceptionModel):
     """torchvision's Inception3, same arguments and attributes (aux_logits, transform_input,
-    init_weights, dropout). Returns InceptionOutputs(logits, aux_logits) in training mode with
-    aux_logits, else the logits."""
+    init_weights, dropout), plus timm's (in_chans, drop_rate, global_pool). Returns
+    InceptionOutputs(logits, aux_logits) in training mode with aux_logits, else the logits."""
+
+    min_input_size = MIN_INPUT_SIZE
+    _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
+    default_cfg_template = {
+        "url": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        "peer": "torchvision.models.inception_v3 (weights=Inception_V3_Weights.IMAGENET1K_V1); timm inception_v3",
+        "input_size": (3, 299, 299), "pool_size": (8, 8), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bilinear",
+        "mean": INCEPTION_MEAN, "std": INCEPTION_STD,
+        "first_conv": "Conv2d_1a_3x3.conv", "classifier": "fc", "num_classes": 1000,
+    }
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
-                 init_weights: bool = True, dropout: float = 0.5, in_chans: int = 3):
+                 init_weights: bool = True, dropout: float = 0.5, in_chans: int = 3, drop_rate: float | None = None,
+                 global_pool: str = "avg"):
         super().__init__()
+        if transform_input and in_chans != 3:
+            raise ValueError("transform_input re-normalises 3 RGB channels; it needs in_chans=3")
         self.aux_logits = aux_logits
         self.transform_input = transform_input
+        self.in_chans = in_chans
         self.Conv2d_1a_3x3 = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = ConvBNReLU(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = ConvBNReLU(32, 64, kernel_size=3, padding=1)
@@ -168,9 +192,11 @@ class Inception3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280)
         self.Mixed_7c = InceptionE(2048)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(2048, num_classes)
+        self._init_head(2048, num_classes, dropout if drop_rate is None else drop_rate, global_pool)
+        if transform_input:
+            # The (x - 0.5) / 0.5 the Google weights expect is done inside: the caller normalises with
+            # ImageNet's mean/std, as torchvision's transforms for these weights do.
+            self.pretrained_cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
         if init_weights:
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -189,29 +215,37 @@ class Inception3(nn.Module):
         x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
         return torch.cat((x0, x1, x2), 1)
 
-    def forward(self, x):
-        if x.dim() != 4 or min(x.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f"inception_v3 needs a 4-D input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
-                             f"shape {tuple(x.shape)}")
+    def _features(self, x, with_aux: bool):
+        self.check_input(x)
         x = self._transform_input(x)
         x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
         x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
         x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(
             self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))))))
         aux = None
-        if self.AuxLogits is not None and self.training:
+        if with_aux:
             if min(x.shape[-2:]) < AUX_MIN_GRID:
                 raise ValueError(f"inception_v3's auxiliary classifier needs the {AUX_MIN_GRID}x{AUX_MIN_GRID} grid of a "
                                  f"299x299 input, got {tuple(x.shape[-2:])} there; train smaller inputs with "
                                  "aux_logits=False")
             aux = self.AuxLogits(x)
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x))), aux
+
+    def forward_features(self, x):
+        """The 2048-channel map before pooling (transform_input applied, as in forward)."""
+        return self._features(x, with_aux=False)[0]
+
+    def forward(self, x):
+        with_aux = self.training and self.AuxLogits is not None
+        x, aux = self._features(x, with_aux)
+        x = self.forward_head(x)
         if self.training and self.aux_logits:
             return InceptionOutputs(x, aux)
         return x
 
 
+@register_model
 def inception_v3(**kwargs) -> Inception3:
-    """Inception-v3 as torchvision builds it (`torchvision.models.inception_v3(weights=None, **kwargs)`)."""
+    """Inception-v3 as torchvision builds it (`torchvision.models.inception_v3(weights=None, **kwargs)`);
+    with aux_logits=False, timm's `inception_v3`."""
     return Inception3(**kwargs)

@@ -1,0 +1,165 @@
+"""What every model of the family shares.
+
+- timm's classifier interface: `forward_features` (the unpooled map of `num_features` channels),
+  `forward_head(x, pre_logits=False)`, `get_classifier()`, `reset_classifier(num_classes, global_pool)`;
+- `pretrained_cfg` (alias `default_cfg`): the record of the input the weights expect (size, mean/std,
+  crop, interpolation) and of where they come from, with timm's field names;
+- `set_fused(True | False | None)`: the path of every layer of this model (None: the global choice);
+- `check_input(x)`: a too-small or malformed input gets a ValueError naming the minimum size, not a
+  shape error from deep inside the network.
+
+The head's module names are the peer's (torchvision: avgpool/dropout/fc; timm: global_pool/head_drop/
+<classifier>), set per model class by `_pool_attr`, `_drop_attr` and `_classifier_attr`; pooling and
+dropout have no parameters, so only the classifier's name shows in the state_dict.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inception_fast.layers import _PathMixin
+
+# timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
+
+
+class GlobalPool2d(nn.Module):
+    """Global pooling to (N, C) (or (N, 2C) for 'catavgmax'); pool_type '' passes the map through."""
+
+    def __init__(self, pool_type: str = "avg", flatten: bool = True):
+        super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {pool_type!r}")
+        self.pool_type = pool_type
+        self.flatten = flatten
+
+    def feat_mult(self) -> int:
+        return 2 if self.pool_type == "catavgmax" else 1
+
+    def is_identity(self) -> bool:
+        return self.pool_type == ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "":
+            return x
+        if self.pool_type == "avg":
+            x = F.adaptive_avg_pool2d(x, 1)
+        elif self.pool_type == "max":
+            x = F.adaptive_max_pool2d(x, 1)
+        elif self.pool_type == "avgmax":
+            x = 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
+        else:
+            x = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1)
+        return torch.flatten(x, 1) if self.flatten else x
+
+    def extra_repr(self) -> str:
+        return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
+
+
+class InceptionModel(nn.Module):
+    """Base class of the six models. A subclass builds its layers, calls `_init_head(...)` for the
+    pooling/dropout/classifier, and implements `forward_features`; `forward` is
+    forward_head(forward_features(x)) unless the model has auxiliary heads or a special head."""
+
+    # The record each model class fills in (timm's pretrained_cfg fields, plus 'min_input_size').
+    default_cfg_template: ClassVar[dict[str, Any]] = {}
+    # The smallest square input the network leaves a non-empty feature map for.
+    min_input_size: ClassVar[int] = 1
+    # The peer's names for the head modules.
+    _pool_attr: ClassVar[str] = "global_pool"
+    _drop_attr: ClassVar[str] = "head_drop"
+    _classifier_attr: ClassVar[str] = "fc"
+
+    num_classes: int
+    num_features: int
+    in_chans: int
+    pretrained_cfg: dict[str, Any]
+
+    # -- construction -------------------------------------------------------------------------
+    def _init_head(self, num_features: int, num_classes: int, drop_rate: float, global_pool: str = "avg",
+                   classifier_bias: bool = True) -> None:
+        self.num_classes = int(num_classes)
+        self.num_features = int(num_features)
+        self.drop_rate = float(drop_rate)
+        self._classifier_bias = classifier_bias
+        pool = GlobalPool2d(global_pool)
+        setattr(self, self._pool_attr, pool)
+        setattr(self, self._drop_attr, nn.Dropout(p=self.drop_rate))
+        setattr(self, self._classifier_attr, self._make_classifier(self.num_features * pool.feat_mult(),
+                                                                   self.num_classes))
+        self.pretrained_cfg = dict(copy.deepcopy(self.default_cfg_template), num_classes=self.num_classes)
+
+    def _make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return nn.Linear(in_features, num_classes, bias=self._classifier_bias)
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        return self.pretrained_cfg
+
+    # -- timm's classifier interface ----------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self._classifier_attr)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, freshly initialised classifier for num_classes (0: none, forward returns the pooled
+        features); global_pool, when given, replaces the pooling ('avg', 'max', 'avgmax', 'catavgmax', '')."""
+        old = self.get_classifier()
+        pool = getattr(self, self._pool_attr)
+        if global_pool is not None:
+            pool = GlobalPool2d(global_pool)
+            setattr(self, self._pool_attr, pool)
+        if num_classes > 0 and pool.is_identity():
+            raise ValueError("a classifier needs pooled features: pass a global_pool other than '' or num_classes=0")
+        self.num_classes = int(num_classes)
+        new = self._make_classifier(self.num_features * pool.feat_mult(), self.num_classes)
+        ref = next(iter(old.parameters()), None) if isinstance(old, nn.Module) else None
+        if ref is not None:
+            new = new.to(device=ref.device, dtype=ref.dtype)
+        setattr(self, self._classifier_attr, new.train(self.training))
+        self.pretrained_cfg["num_classes"] = self.num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = getattr(self, self._pool_attr)(x)
+        x = getattr(self, self._drop_attr)(x)
+        return x if pre_logits else getattr(self, self._classifier_attr)(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # -- the two paths ------------------------------------------------------------------------
+    def set_fused(self, enabled: bool | None):
+        """Run every layer of this model on the fused (True) or reference (False) path; None hands
+        the choice back to the global setting (inception_fast.use_fused / set_fused). Returns self."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"set_fused takes True, False or None, got {enabled!r}")
+        for m in self.modules():
+            if isinstance(m, _PathMixin):
+                m.fused = enabled
+        return self
+
+    # -- input checks -------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor, min_size: int | None = None) -> None:
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} takes a tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} takes a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        in_chans = getattr(self, "in_chans", None)
+        if in_chans is not None and x.shape[1] != in_chans:
+            raise ValueError(f"{name} was built for {in_chans} input channels (in_chans), got "
+                             f"{x.shape[1]} (shape {tuple(x.shape)})")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} takes a floating-point input, got {x.dtype}")
+        need = self.min_input_size if min_size is None else min_size
+        if min(x.shape[-2:]) < need:
+            raise ValueError(f"{name} needs an input of at least {need}x{need} pixels, got "
+                             f"{x.shape[-2]}x{x.shape[-1]}")
