@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from inception_fast.layers import ConvBNReLU
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
+from inception_fast.models._weights import load_pretrained
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 
@@ -154,6 +155,7 @@ class Inception3(InceptionModel):
     InceptionOutputs(logits, aux_logits) in training mode with aux_logits, else the logits."""
 
     min_input_size = MIN_INPUT_SIZE
+    optional_prefixes = ("AuxLogits.",)
     _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
     default_cfg_template = {
         "url": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
@@ -245,7 +247,17 @@ class Inception3(InceptionModel):
 
 
 @register_model
-def inception_v3(**kwargs) -> Inception3:
+def inception_v3(pretrained: bool | str = False, **kwargs) -> Inception3:
     """Inception-v3 as torchvision builds it (`torchvision.models.inception_v3(weights=None, **kwargs)`);
-    with aux_logits=False, timm's `inception_v3`."""
-    return Inception3(**kwargs)
+    with aux_logits=False, timm's `inception_v3`.
+
+    pretrained: True loads torchvision's IMAGENET1K_V1 weights (and, as torchvision does, turns on
+    transform_input unless told otherwise); a string is a file or URL of a checkpoint with these names.
+    """
+    if pretrained:
+        kwargs.setdefault("transform_input", True)
+        kwargs.setdefault("init_weights", False)
+    model = Inception3(**kwargs)
+    if pretrained:
+        load_pretrained(model, None if pretrained is True else pretrained)
+    return model
