@@ -75,16 +75,25 @@ def _median(bench):
     return bench.stats.median if hasattr(bench.stats, "median") else bench.stats.stats.median
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    session = getattr(config, "_benchmarksession", None)
-    if session is None or not session.benchmarks:
-        return
-    groups = {}
-    for b in session.benchmarks:
-        groups.setdefault(b.group, []).append(b)
-    tr = terminalreporter
-    tr.section("inception_fast: speed-up over eager and share of copy bandwidth (same run)")
-    tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU allocator: {MALLOC_MODE}")
+def attainable_peak(device: str, dtype=torch.float32) -> float:
+    """FLOP/s of a large matmul on this device in this process: the attainable-peak yardstick that
+    whole-model throughputs are printed against (best of a few runs; 2*n^3 FLOPs each)."""
+    import time
+
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(4 if device == "cpu" else 10):
+        sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def _op_rows(tr, groups):
     # The floor of each group: a copy of the same tensor into a preallocated one, timed in the
     # same run (bytes read + written per second).
     copy_bw = {}
@@ -107,6 +116,46 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line("GB/s counts the bytes the fused kernels move (the same count for every contestant of a group, "
                   "so GB/s ratios are speed ratios); % copy: against a copy of the same tensor into a preallocated one, "
                   "measured in the same run.")
+
+
+def _model_rows(tr, groups):
+    peaks = {}
+    tr.write_line(f"{'group':56s} {'contestant':10s} {'img/s':>9s} {'GFLOP/s':>9s} {'% peak':>7s} "
+                  f"{'vs eager':>9s} {'vs compile':>10s} {'rel. err':>9s}")
+    for group, benches in sorted(groups.items()):
+        by = {b.extra_info.get("contestant"): _median(b) for b in benches}
+        for b in sorted(benches, key=_median):
+            info = b.extra_info
+            t = _median(b)
+            device = info.get("device", "cpu")
+            if device not in peaks:
+                peaks[device] = attainable_peak(device, torch.float32 if device == "cpu" else torch.bfloat16)
+            gflops = info["flops"] / t / 1e9
+            pct = 100 * gflops * 1e9 / peaks[device]
+            vs_eager = f"{by['eager'] / t:8.2f}x" if "eager" in by else "        -"
+            vs_compile = f"{by['compile'] / t:9.2f}x" if "compile" in by else "         -"
+            tr.write_line(f"{group:56s} {info['contestant']:10s} {info['images'] / t:9.1f} {gflops:9.1f} {pct:6.0f}% "
+                          f"{vs_eager} {vs_compile} {info.get('rel_err', float('nan')):9.1e}")
+    tr.write_line("% peak: against a large matmul timed in this process (" + ", ".join(
+        f"{d}: {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()) + "); training-step FLOPs count 3x the "
+        "forward's. rel. err: against the reference path in float32 (training: the first step's loss).")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    ops_groups, model_groups = {}, {}
+    for b in session.benchmarks:
+        target = model_groups if "images" in b.extra_info else ops_groups
+        target.setdefault(b.group, []).append(b)
+    tr = terminalreporter
+    tr.section("inception_fast: speed-up over eager, share of the machine (same run)")
+    tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU allocator: {MALLOC_MODE}")
+    if ops_groups:
+        _op_rows(tr, ops_groups)
+    if model_groups:
+        _model_rows(tr, model_groups)
 
 
 @pytest.fixture(autouse=True)

@@ -114,3 +114,11 @@ def test_create_model_checkpoint_path_and_fused(tmp_path, tv_v3):
     model = models.create_model("inception_v3", checkpoint_path=str(path), fused=False, init_weights=False)
     assert _same_weights(model, tv_v3)
     assert all(m.fused is False for m in model.modules() if hasattr(m, "fused"))
+
+
+def test_load_pretrained_resets_aux_classifiers_too(tv_v3):
+    model = models.inception_v3(num_classes=7, aux_logits=True, init_weights=False)
+    aux_before = model.AuxLogits.fc.weight.clone()
+    load_pretrained(model, tv_v3.state_dict())
+    assert torch.equal(model.AuxLogits.fc.weight, aux_before)
+    assert torch.equal(model.AuxLogits.conv1.conv.weight, tv_v3.AuxLogits.conv1.conv.weight)

@@ -73,6 +73,11 @@ class InceptionModel(nn.Module):
     _pool_attr: ClassVar[str] = "global_pool"
     _drop_attr: ClassVar[str] = "head_drop"
     _classifier_attr: ClassVar[str] = "fc"
+    # Checkpoint keys of heads the model may be built without (aux_logits=False): load_pretrained drops them.
+    optional_prefixes: ClassVar[tuple[str, ...]] = ()
+    # The auxiliary heads' classifiers: like the main one, left freshly initialised by load_pretrained
+    # when the checkpoint has another number of classes.
+    aux_classifiers: ClassVar[tuple[str, ...]] = ()
 
     num_classes: int
     num_features: int
@@ -118,7 +123,9 @@ class InceptionModel(nn.Module):
             raise ValueError("a classifier needs pooled features: pass a global_pool other than '' or num_classes=0")
         self.num_classes = int(num_classes)
         new = self._make_classifier(self.num_features * pool.feat_mult(), self.num_classes)
-        ref = next(iter(old.parameters()), None) if isinstance(old, nn.Module) else None
+        # The new layer lives where the model does (an Identity classifier has no parameters to ask).
+        ref = next(iter(old.parameters()), None)
+        ref = next(iter(self.parameters()), None) if ref is None else ref
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)
         setattr(self, self._classifier_attr, new.train(self.training))

@@ -151,7 +151,7 @@ def _classifier_prefixes(model: nn.Module) -> list[str]:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     names = cfg.get("classifier", ())
     names = [names] if isinstance(names, str) else list(names)
-    return [n + "." for n in names]
+    return [n + "." for n in list(names) + list(getattr(model, "aux_classifiers", ()))]
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,7 @@ class Inception3(InceptionModel):
 
     min_input_size = MIN_INPUT_SIZE
     optional_prefixes = ("AuxLogits.",)
+    aux_classifiers = ("AuxLogits.fc",)
     _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
     default_cfg_template = {
         "url": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",

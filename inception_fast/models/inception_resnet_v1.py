@@ -1,0 +1,345 @@
+"""Inception-ResNet-v1 (Szegedy et al., "Inception-v4, Inception-ResNet and the Impact of Residual
+Connections on Learning", 2016), with the module names of facenet-pytorch's `InceptionResnetV1`, so its
+state_dict (and its published VGGFace2 / CASIA-WebFace weights) loads with strict=True.
+
+Blocks as facenet-pytorch names them (the paper's figure in brackets): the stem conv2d_1a..conv2d_4b
+(Fig. 14), Block35 (Inception-ResNet-A, 35x35 grid, Fig. 10), Mixed_6a (Reduction-A, Fig. 7), Block17
+(Inception-ResNet-B, 17x17, Fig. 11), Mixed_7a (Reduction-B, Fig. 12), Block8 (Inception-ResNet-C,
+8x8, Fig. 13). Every conv-BN-ReLU is a ConvBNReLU and every residual add a ScaledResidual, so the model
+runs on the reference or the fused path with the same parameters.
+
+Two heads, one class:
+- `embedding_size=None` (default): the paper's ImageNet classifier, average pool -> dropout (keep-prob
+  0.8, so drop_rate 0.2) -> `logits` Linear(1792, num_classes).
+- `embedding_size=512`: facenet-pytorch's face model, average pool -> dropout (0.6) -> `last_linear`
+  (1792 -> 512, no bias) -> `last_bn` (BatchNorm1d); with num_classes=0 the output is the
+  L2-normalised embedding (facenet's classify=False), with num_classes=N it is `logits(embedding)`
+  (facenet's classify=True, num_classes=N).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inception_fast.layers import ConvBNReLU, ScaledResidual
+from inception_fast.models._base import GlobalPool2d, InceptionModel
+from inception_fast.models._registry import register_model
+from inception_fast.models._weights import load_pretrained, read_state_dict
+
+# The smallest input the stem and the three stride-2 reductions (conv2d_4b, mixed_6a, mixed_7a) leave
+# a non-empty map for: 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3 -> 1 (74 leaves a 2x2 map for mixed_7a's
+# 3x3 convs). The fine-tuning size of the seeds.
+MIN_INPUT_SIZE = 75
+
+# facenet-pytorch's published weights (the releases its load_weights downloads), and the number of
+# identities their `logits` layer was trained on.
+FACENET_WEIGHTS = {
+    "vggface2": ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+                 "20180402-114759-vggface2.pt", 8631),
+    "casia-webface": ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+                      "20180408-102900-casia-webface.pt", 10575),
+}
+
+
+def _facenet_source(name: str) -> str:
+    """The weights' URL, or the file facenet-pytorch already downloaded it to
+    ($TORCH_HOME/checkpoints, beside torch.hub's own $TORCH_HOME/hub/checkpoints)."""
+    url = FACENET_WEIGHTS[name][0]
+    cached = os.path.join(torch.hub._get_torch_home(), "checkpoints", os.path.basename(url))
+    return cached if os.path.isfile(cached) else url
+
+
+class _ResidualBlock(nn.Module):
+    """What Block35/17/8 share: `residual` computes act(x + scale * conv2d(branches)); `scale` reads and
+    sets its factor and `no_relu` (facenet-pytorch's `noReLU`) tells whether the ReLU is left out, as
+    facenet-pytorch's and timm's blocks expose them."""
+
+    residual: ScaledResidual
+
+    @property
+    def scale(self) -> float:
+        return self.residual.scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.residual.scale = float(value)
+
+    @property
+    def no_relu(self) -> bool:
+        return not self.residual.relu
+
+    @property
+    def noReLU(self) -> bool:  # noqa: N802 (facenet-pytorch's attribute name)
+        return self.no_relu
+
+
+class Block35(_ResidualBlock):
+    """Inception-ResNet-A on the 35x35 grid: three branches (1x1; 1x1-3x3; 1x1-3x3-3x3), a 1x1
+    up-projection back to 256 channels, then relu(x + scale * branch)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.branch0 = ConvBNReLU(256, 32, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            ConvBNReLU(256, 32, kernel_size=1),
+            ConvBNReLU(32, 32, kernel_size=3, padding=1),
+        )
+        self.branch2 = nn.Sequential(
+            ConvBNReLU(256, 32, kernel_size=1),
+            ConvBNReLU(32, 32, kernel_size=3, padding=1),
+            ConvBNReLU(32, 32, kernel_size=3, padding=1),
+        )
+        self.conv2d = nn.Conv2d(96, 256, kernel_size=1)
+        self.residual = ScaledResidual(scale, relu=True)
+
+    def forward(self, x):
+        out = torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
+        return self.residual(x, self.conv2d(out))
+
+
+class Block17(_ResidualBlock):
+    """Inception-ResNet-B on the 17x17 grid: 1x1 and 1x1-1x7-7x1 branches, a 1x1 up-projection back
+    to 896 channels, then relu(x + scale * branch)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.branch0 = ConvBNReLU(896, 128, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            ConvBNReLU(896, 128, kernel_size=1),
+            ConvBNReLU(128, 128, kernel_size=(1, 7), padding=(0, 3)),
+            ConvBNReLU(128, 128, kernel_size=(7, 1), padding=(3, 0)),
+        )
+        self.conv2d = nn.Conv2d(256, 896, kernel_size=1)
+        self.residual = ScaledResidual(scale, relu=True)
+
+    def forward(self, x):
+        out = torch.cat((self.branch0(x), self.branch1(x)), 1)
+        return self.residual(x, self.conv2d(out))
+
+
+class Block8(_ResidualBlock):
+    """Inception-ResNet-C on the 8x8 grid: 1x1 and 1x1-1x3-3x1 branches, a 1x1 up-projection back
+    to 1792 channels, then act(x + scale * branch); the last block of the network has no ReLU
+    (`no_relu=True`; facenet-pytorch's `noReLU`)."""
+
+    def __init__(self, scale: float = 1.0, no_relu: bool = False):
+        super().__init__()
+        self.branch0 = ConvBNReLU(1792, 192, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            ConvBNReLU(1792, 192, kernel_size=1),
+            ConvBNReLU(192, 192, kernel_size=(1, 3), padding=(0, 1)),
+            ConvBNReLU(192, 192, kernel_size=(3, 1), padding=(1, 0)),
+        )
+        self.conv2d = nn.Conv2d(384, 1792, kernel_size=1)
+        self.residual = ScaledResidual(scale, relu=not no_relu)
+
+    def forward(self, x):
+        out = torch.cat((self.branch0(x), self.branch1(x)), 1)
+        return self.residual(x, self.conv2d(out))
+
+
+class Mixed_6a(nn.Module):  # noqa: N801 (facenet-pytorch's class name)
+    """Reduction-A, 35x35 -> 17x17 (k, l, m, n = 192, 192, 256, 384 for Inception-ResNet-v1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch0 = ConvBNReLU(256, 384, kernel_size=3, stride=2)
+        self.branch1 = nn.Sequential(
+            ConvBNReLU(256, 192, kernel_size=1),
+            ConvBNReLU(192, 192, kernel_size=3, padding=1),
+            ConvBNReLU(192, 256, kernel_size=3, stride=2),
+        )
+        self.branch2 = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x):
+        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
+
+
+class Mixed_7a(nn.Module):  # noqa: N801 (facenet-pytorch's class name)
+    """Reduction-B, 17x17 -> 8x8."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch0 = nn.Sequential(
+            ConvBNReLU(896, 256, kernel_size=1),
+            ConvBNReLU(256, 384, kernel_size=3, stride=2),
+        )
+        self.branch1 = nn.Sequential(
+            ConvBNReLU(896, 256, kernel_size=1),
+            ConvBNReLU(256, 256, kernel_size=3, stride=2),
+        )
+        self.branch2 = nn.Sequential(
+            ConvBNReLU(896, 256, kernel_size=1),
+            ConvBNReLU(256, 256, kernel_size=3, padding=1),
+            ConvBNReLU(256, 256, kernel_size=3, stride=2),
+        )
+        self.branch3 = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x):
+        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+
+
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+# facenet-pytorch's fixed_image_standardization, (pixel - 127.5) / 128 on 0..255 values, written for
+# inputs in [0, 1]: (x - 0.5) / (128 / 255).
+FACENET_MEAN, FACENET_STD = (0.5, 0.5, 0.5), (128 / 255,) * 3
+
+# The face model's record: 160x160 crops as facenet-pytorch's MTCNN cuts them (margin and all, no
+# further crop; PIL bilinear resize), with facenet's fixed standardisation.
+FACE_CFG = {
+    "url": FACENET_WEIGHTS["vggface2"][0],
+    "peer": "facenet_pytorch.InceptionResnetV1 (pretrained='vggface2' | 'casia-webface')",
+    "input_size": (3, 160, 160), "pool_size": (3, 3), "crop_pct": 1.0, "crop_mode": "center",
+    "interpolation": "bilinear", "mean": FACENET_MEAN, "std": FACENET_STD,
+}
+
+
+class InceptionResnetV1(InceptionModel):
+    """facenet-pytorch's InceptionResnetV1 (same module names and state_dict keys, in the same order),
+    with timm's arguments (num_classes, in_chans, drop_rate, global_pool) and interface.
+
+    embedding_size: None for the paper's ImageNet classifier (`logits` on the 1792 pooled features);
+    an int (512 for facenet's weights) for the face model, whose head is last_linear -> last_bn, then
+    `logits` when num_classes > 0, else the L2-normalised embedding.
+    drop_rate: the dropout before the head's first linear layer (default 0.2, the paper's keep-prob
+    0.8; 0.6 in the face model, facenet's dropout_prob).
+    """
+
+    min_input_size = MIN_INPUT_SIZE
+    # facenet's published checkpoints hold `logits` for their training identities: a face model built
+    # without a classifier (num_classes=0) loads them without it.
+    optional_prefixes = ("logits.",)
+    _pool_attr, _drop_attr, _classifier_attr = "avgpool_1a", "dropout", "logits"
+    default_cfg_template = {
+        "url": "",  # no published ImageNet weights for Inception-ResNet-v1
+        "peer": "facenet_pytorch.InceptionResnetV1 (the architecture; the paper's ImageNet head)",
+        "input_size": (3, 299, 299), "pool_size": (8, 8), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        "crop_pct": 0.8975, "crop_mode": "center", "interpolation": "bicubic",
+        "mean": INCEPTION_MEAN, "std": INCEPTION_STD,
+        "first_conv": "conv2d_1a.conv", "classifier": "logits", "num_classes": 1000,
+    }
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None,
+                 global_pool: str = "avg", embedding_size: int | None = None):
+        super().__init__()
+        if embedding_size is not None and int(embedding_size) <= 0:
+            raise ValueError(f"embedding_size must be a positive int or None, got {embedding_size!r}")
+        self.embedding_size = None if embedding_size is None else int(embedding_size)
+        self.in_chans = in_chans
+        self.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
+        self.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
+        self.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
+        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+        self.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
+        self.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
+        self.conv2d_4b = ConvBNReLU(192, 256, kernel_size=3, stride=2)
+        self.repeat_1 = nn.Sequential(*[Block35(scale=0.17) for _ in range(5)])
+        self.mixed_6a = Mixed_6a()
+        self.repeat_2 = nn.Sequential(*[Block17(scale=0.10) for _ in range(10)])
+        self.mixed_7a = Mixed_7a()
+        self.repeat_3 = nn.Sequential(*[Block8(scale=0.20) for _ in range(5)])
+        # facenet's last block: scale 1.0 and no ReLU, so the embedding sees signed features.
+        self.block8 = Block8(scale=1.0, no_relu=True)
+        face = self.embedding_size is not None
+        if drop_rate is None:
+            drop_rate = 0.6 if face else 0.2
+        self._init_head(1792, num_classes, drop_rate, global_pool)
+        self.head_hidden_size = self.embedding_size if face else self.num_features
+        if face:
+            pool = getattr(self, self._pool_attr)
+            if pool.is_identity():
+                raise ValueError("the face model's embedding needs pooled features: global_pool '' is not possible "
+                                 "with embedding_size")
+            # last_linear and last_bn sit between the dropout and the classifier, as in facenet-pytorch
+            # (the module order is the state_dict's key order).
+            classifier = self._modules.pop(self._classifier_attr)
+            self.last_linear = nn.Linear(self.num_features * pool.feat_mult(), self.embedding_size, bias=False)
+            self.last_bn = nn.BatchNorm1d(self.embedding_size, eps=0.001, momentum=0.1, affine=True)
+            setattr(self, self._classifier_attr, classifier)
+            self.pretrained_cfg.update(FACE_CFG)
+
+    def _make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.embedding_size is not None:
+            # The face model's classifier reads the embedding (facenet's `logits`, with bias).
+            return nn.Linear(self.embedding_size, num_classes)
+        return nn.Linear(in_features, num_classes)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for num_classes. In the face model it reads the embedding, and
+        num_classes=0 makes forward return the L2-normalised embedding; there global_pool may only be
+        one of the same width ('avg', 'max', 'avgmax'), since last_linear keeps its weights."""
+        if self.embedding_size is not None and global_pool is not None:
+            pool = GlobalPool2d(global_pool)
+            if pool.is_identity() or pool.feat_mult() != getattr(self, self._pool_attr).feat_mult():
+                raise ValueError(f"global_pool {global_pool!r} would change the width of the features that "
+                                 "last_linear was built for; the face model takes 'avg', 'max' or 'avgmax'")
+        super().reset_classifier(num_classes, global_pool)
+        # A classifier replacing nn.Identity (num_classes was 0) has no parameters to copy the
+        # device and dtype from: take the model's.
+        classifier = getattr(self, self._classifier_attr)
+        setattr(self, self._classifier_attr, classifier.to(self.conv2d_1a.conv.weight))
+
+    def forward_features(self, x):
+        """The 1792-channel map after block8, before pooling."""
+        self.check_input(x)
+        x = self.maxpool_3a(self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x))))
+        x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(x)))
+        x = self.mixed_7a(self.repeat_2(self.mixed_6a(self.repeat_1(x))))
+        return self.block8(self.repeat_3(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """The ImageNet model: as every model (pooled features with pre_logits=True).
+
+        The face model: pre_logits=True returns what the classifier takes, the raw embedding out of
+        last_bn (not normalised, whatever num_classes is); otherwise logits(embedding) when num_classes
+        > 0, else the L2-normalised embedding (facenet-pytorch's classify=False output).
+        """
+        if self.embedding_size is None:
+            return super().forward_head(x, pre_logits)
+        x = getattr(self, self._drop_attr)(getattr(self, self._pool_attr)(x))
+        x = self.last_bn(self.last_linear(x))
+        if pre_logits:
+            return x
+        if self.num_classes > 0:
+            return getattr(self, self._classifier_attr)(x)
+        return F.normalize(x, p=2, dim=1)
+
+
+@register_model
+def inception_resnet_v1(pretrained: bool | str = False, **kwargs) -> InceptionResnetV1:
+    """Inception-ResNet-v1: the paper's ImageNet classifier by default (`embedding_size=None`), or
+    facenet-pytorch's face model (`embedding_size=512`).
+
+    pretrained: True or 'vggface2' / 'casia-webface' builds facenet-pytorch's face model with its
+    published weights (`InceptionResnetV1(pretrained=...)`): embedding_size 512 and, unless given,
+    num_classes=0 (the normalised embedding; pass num_classes=8631 / 10575 to keep the identity
+    logits of the checkpoint, or another number for a fresh classifier). Any other string is a file
+    or URL of a checkpoint with these names; one holding last_linear is taken as a face model.
+    """
+    if pretrained is True:
+        pretrained = "vggface2"
+    state = None
+    if isinstance(pretrained, str):
+        if pretrained in FACENET_WEIGHTS:
+            if kwargs.get("embedding_size", 512) is None:
+                raise ValueError(f"pretrained={pretrained!r} are face-model weights: they need embedding_size=512")
+            kwargs.setdefault("embedding_size", 512)
+            kwargs.setdefault("num_classes", 0)
+        else:
+            state = read_state_dict(pretrained)
+            linear = state.get("last_linear.weight")
+            if linear is not None and "embedding_size" not in kwargs:
+                kwargs["embedding_size"] = linear.shape[0]
+                kwargs.setdefault("num_classes", 0)
+    model = InceptionResnetV1(**kwargs)
+    if pretrained in FACENET_WEIGHTS:
+        model.pretrained_cfg["url"] = FACENET_WEIGHTS[pretrained][0]
+        load_pretrained(model, _facenet_source(pretrained))
+    elif state is not None:
+        load_pretrained(model, state)
+    return model
