@@ -36,6 +36,6 @@ def _samples(device, dtype, layout):
 @pytest.mark.parametrize("op", ["bn_stats", "bn_relu_apply", "bn_relu_backward_reduce", "bn_relu_backward_elemt",
                                 "scaled_residual_add", "scaled_residual_add_backward"])
 def test_opcheck(device, backend, dtype, layout, op):
-    overload = getattr(namespace(backend), op).default
+    overload = getattr(namespace(backend), op)  # the .default OpOverload
     for args in _samples(device, dtype, layout)[op]:
         torch.library.opcheck(overload, args)

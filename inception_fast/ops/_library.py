@@ -17,13 +17,37 @@ from inception_fast.ops import _backend
 _triton_lib: torch.library.Library | None = None
 
 
+class _Overloads:
+    """The `.default` overloads of one op namespace, looked up once. Calling an OpOverloadPacket
+    (`torch.ops.ns.op(...)`) resolves the overload in Python on every call (~30 us, as much as the
+    kernel on a small tensor); calling the OpOverload does not."""
+
+    def __init__(self, ns: str):
+        self._ns = ns
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        overload = getattr(getattr(torch.ops, self._ns), name).default
+        setattr(self, name, overload)
+        return overload
+
+
+_overloads: dict[str, _Overloads] = {}
+
+
 def namespace(backend: str):
-    """torch.ops.<namespace> whose ops run on `backend` ("cpu"/"cuda" share the C++ one)."""
+    """The ops (their `.default` overloads) of the namespace that runs on `backend` ("cpu"/"cuda"
+    share the C++ one)."""
     if backend in ("cpu", "cuda"):
-        return getattr(torch.ops, _ext.OPS_NAMESPACE)
-    if backend == "triton":
-        return getattr(torch.ops, _ext.TRITON_NAMESPACE)
-    raise ValueError(f"backend {backend!r} has no op namespace")
+        ns = _ext.OPS_NAMESPACE
+    elif backend == "triton":
+        ns = _ext.TRITON_NAMESPACE
+    else:
+        raise ValueError(f"backend {backend!r} has no op namespace")
+    if ns not in _overloads:
+        _overloads[ns] = _Overloads(ns)
+    return _overloads[ns]
 
 
 def _namespaces() -> list[str]:
@@ -56,10 +80,14 @@ def register_fake(name: str, fn) -> None:
 
 
 def register_autograd(name: str, make_backward, setup_context) -> None:
-    """`make_backward(ops)` returns the backward formula that calls the ops of namespace `ops`
-    (the C++ kernels' or the Triton kernels'), so each backend's backward stays on that backend."""
+    """`make_backward(ops)` returns the backward formula that calls the ops of namespace `ops`.
+    Registered for the Triton namespace only: the C++ ops carry the same formula in C++
+    (csrc/autograd/), registered for the Autograd key with their schemas, because the Python
+    autograd machinery costs more than the kernels on small tensors."""
     for ns in _namespaces():
-        torch.library.register_autograd(f"{ns}::{name}", make_backward(getattr(torch.ops, ns)),
+        if ns == _ext.OPS_NAMESPACE:
+            continue
+        torch.library.register_autograd(f"{ns}::{name}", make_backward(_overloads.setdefault(ns, _Overloads(ns))),
                                         setup_context=setup_context)
 
 
