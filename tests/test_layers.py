@@ -119,3 +119,33 @@ def test_bf16_autocast_and_channels_last():
     assert rel_err(y, y_ref) < 1e-2
     y.float().sum().backward()
     assert m.bn.weight.grad is not None and m.bn.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kernel,padding,stride,bias", [(1, 0, 1, False), ((1, 3), (0, 1), 1, False),
+                                                        ((3, 1), (1, 0), 1, True), (3, 1, 1, False), (3, 1, 2, True)])
+def test_conv2d_fast_on_a_1x1_map(kernel, padding, stride, bias):
+    # On a 1x1 map the fused path's conv is a matrix product with the centre tap: the conv's numbers
+    # and gradients (the other taps get zero gradient, as they touch only padding).
+    from inception_fast.layers import _single_tap, conv2d_fast
+
+    conv = torch.nn.Conv2d(37, 23, kernel, stride=stride, padding=padding, bias=bias).double()
+    x = torch.randn(5, 37, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert _single_tap(conv, x) is not None
+    y_ref = conv(x)
+    y = conv2d_fast(conv, x)
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-12)
+    g = torch.randn_like(y_ref)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(y_ref, params, g)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_conv2d_fast_leaves_other_maps_to_the_conv():
+    from inception_fast.layers import _single_tap
+
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    assert _single_tap(conv, torch.randn(2, 8, 2, 1)) is None
+    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, dilation=2), torch.randn(2, 8, 1, 1)) is None
+    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.randn(2, 8, 1, 1)) is None
+    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), torch.randn(2, 8, 1, 1)) is None
+    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding="same"), torch.randn(2, 8, 1, 1)) is None
