@@ -128,3 +128,24 @@ class ScaledResidual(_PathMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, relu={self.relu}"
+
+
+class ResidualBlock(nn.Module):
+    """Base of the Inception-ResNet blocks (Block35/17/8 of timm's and facenet-pytorch's models):
+    a block ends in `self.residual`, a ScaledResidual computing act(x + scale * up-projection); `scale`
+    reads and sets its factor and `no_relu` tells whether the ReLU is left out, as the peers' blocks
+    expose them."""
+
+    residual: ScaledResidual
+
+    @property
+    def scale(self) -> float:
+        return self.residual.scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.residual.scale = float(value)
+
+    @property
+    def no_relu(self) -> bool:
+        return not self.residual.relu

@@ -27,6 +27,15 @@ from inception_fast.layers import _PathMixin
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
 
+def imagenet_to_inception_input(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's `transform_input`: an RGB batch normalised with ImageNet's mean/std, re-normalised
+    to the (x - 0.5) / 0.5 that the Google-trained GoogLeNet and Inception-v3 weights expect."""
+    x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    return torch.cat((x0, x1, x2), 1)
+
+
 class GlobalPool2d(nn.Module):
     """Global pooling to (N, C) (or (N, 2C) for 'catavgmax'); pool_type '' passes the map through."""
 

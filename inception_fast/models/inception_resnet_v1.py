@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import ConvBNReLU, ScaledResidual
+from inception_fast.layers import ConvBNReLU, ResidualBlock, ScaledResidual
 from inception_fast.models._base import GlobalPool2d, InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained, read_state_dict
@@ -52,24 +52,8 @@ def _facenet_source(name: str) -> str:
     return cached if os.path.isfile(cached) else url
 
 
-class _ResidualBlock(nn.Module):
-    """What Block35/17/8 share: `residual` computes act(x + scale * conv2d(branches)); `scale` reads and
-    sets its factor and `no_relu` (facenet-pytorch's `noReLU`) tells whether the ReLU is left out, as
-    facenet-pytorch's and timm's blocks expose them."""
-
-    residual: ScaledResidual
-
-    @property
-    def scale(self) -> float:
-        return self.residual.scale
-
-    @scale.setter
-    def scale(self, value: float) -> None:
-        self.residual.scale = float(value)
-
-    @property
-    def no_relu(self) -> bool:
-        return not self.residual.relu
+class _ResidualBlock(ResidualBlock):
+    """ResidualBlock with facenet-pytorch's name for `no_relu`."""
 
     @property
     def noReLU(self) -> bool:  # noqa: N802 (facenet-pytorch's attribute name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import ConvBNReLU, ScaledResidual
+from inception_fast.layers import ConvBNReLU, ResidualBlock, ScaledResidual
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -53,22 +53,7 @@ class Mixed_5b(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class _ResidualBlock(nn.Module):
-    """What Block35/17/8 share: `residual` computes act(x + scale * conv2d(branches)); `scale` reads
-    and sets its factor, as timm's blocks expose it."""
-
-    residual: ScaledResidual
-
-    @property
-    def scale(self) -> float:
-        return self.residual.scale
-
-    @scale.setter
-    def scale(self, value: float) -> None:
-        self.residual.scale = float(value)
-
-
-class Block35(_ResidualBlock):
+class Block35(ResidualBlock):
     """Inception-ResNet-A on the 35x35x320 grid."""
 
     def __init__(self, scale: float = 1.0):
@@ -108,7 +93,7 @@ class Mixed_6a(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
 
 
-class Block17(_ResidualBlock):
+class Block17(ResidualBlock):
     """Inception-ResNet-B on the 17x17x1088 grid (factorised 7x7)."""
 
     def __init__(self, scale: float = 1.0):
@@ -151,7 +136,7 @@ class Mixed_7a(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class Block8(_ResidualBlock):
+class Block8(ResidualBlock):
     """Inception-ResNet-C on the 8x8x2080 grid. `no_relu` for the last one, whose sum goes straight
     into conv2d_7b (as in TensorFlow-Slim, `block8(net, activation_fn=None)`)."""
 
@@ -165,10 +150,6 @@ class Block8(_ResidualBlock):
         )
         self.conv2d = nn.Conv2d(448, 2080, kernel_size=1)
         self.residual = ScaledResidual(scale, relu=not no_relu)
-
-    @property
-    def no_relu(self) -> bool:
-        return not self.residual.relu
 
     def forward(self, x):
         out = self.conv2d(torch.cat((self.branch0(x), self.branch1(x)), 1))

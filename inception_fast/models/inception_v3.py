@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inception_fast.layers import ConvBNReLU
-from inception_fast.models._base import InceptionModel
+from inception_fast.models._base import InceptionModel, imagenet_to_inception_input
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
 
@@ -210,13 +210,7 @@ class Inception3(InceptionModel):
                     nn.init.constant_(m.bias, 0)
 
     def _transform_input(self, x):
-        # ImageNet-normalised input -> the (x - 0.5) / 0.5 scaling the ported Google weights expect.
-        if not self.transform_input:
-            return x
-        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-        return torch.cat((x0, x1, x2), 1)
+        return imagenet_to_inception_input(x) if self.transform_input else x
 
     def _features(self, x, with_aux: bool):
         self.check_input(x)
