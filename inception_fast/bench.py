@@ -163,7 +163,8 @@ def bench_training(name: str, device: str, dtype: torch.dtype, batch: int, size:
 def native_size(name: str) -> int:
     from inception_fast import models
 
-    return models.create_model(name).pretrained_cfg["input_size"][-1]
+    with torch.device("meta"):  # the record only: no memory, no initialisation
+        return models.create_model(name).pretrained_cfg["input_size"][-1]
 
 
 def run(model_names, device: str = "cpu", dtype: torch.dtype | None = None, batch: int | None = None,

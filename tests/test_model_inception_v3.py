@@ -75,3 +75,14 @@ def test_inception_v3_transform_input_cfg():
     plain.transform_input = False
     with torch.no_grad():
         assert rel_err(model((x - mean) / std), plain((x - 0.5) / 0.5)) < 1e-5
+
+
+def test_inception_v3_init_is_torchvisions():
+    # Same seed, same initial weights as torchvision (its init order and per-module stddev kept).
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    peer = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+    torch.manual_seed(0)
+    ours = inception_v3()
+    for (k, a), b in zip(peer.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), k

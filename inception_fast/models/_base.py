@@ -112,6 +112,17 @@ class InceptionModel(nn.Module):
             return nn.Identity()
         return nn.Linear(in_features, num_classes, bias=self._classifier_bias)
 
+    def _init_torchvision_style(self, std: float) -> None:
+        """torchvision's init of GoogLeNet and Inception-v3: convs and linears N(0, std) truncated at
+        +-2 (absolute bounds, so in effect untruncated), a module's own `stddev` attribute overriding
+        std; BatchNorm weight 1, bias 0. Same module order, so the same seed gives torchvision's weights."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, mean=0.0, std=float(getattr(m, "stddev", std)), a=-2, b=2)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
     @property
     def default_cfg(self) -> dict[str, Any]:
         return self.pretrained_cfg

@@ -201,13 +201,7 @@ class Inception3(InceptionModel):
             # ImageNet's mean/std, as torchvision's transforms for these weights do.
             self.pretrained_cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
         if init_weights:
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    stddev = float(getattr(m, "stddev", 0.1))
-                    nn.init.trunc_normal_(m.weight, mean=0.0, std=stddev, a=-2, b=2)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.constant_(m.weight, 1)
-                    nn.init.constant_(m.bias, 0)
+            self._init_torchvision_style(std=0.1)  # conv1 of the aux head 0.01, its fc 0.001 (`stddev`)
 
     def _transform_input(self, x):
         return imagenet_to_inception_input(x) if self.transform_input else x
