@@ -5,6 +5,7 @@ same run.
   pytest benchmarks/ --benchmark-only                  # full sizes
   INCEPTION_FAST_BENCH_QUICK=1 pytest benchmarks/ ...  # CI: small shapes, few rounds
   INCEPTION_FAST_BENCH_COMPILE=1 ...                   # add torch.compile of the eager composition
+  INCEPTION_FAST_BENCH_COMPILE=inception_v3,googlenet  # ... for these models only (ops and blocks: all)
   INCEPTION_FAST_BENCH_DEVICE=cuda ...                 # time one device only
   INCEPTION_FAST_BENCH_MALLOC=default ...              # keep glibc's allocator settings (see below)
 """
@@ -38,7 +39,22 @@ def _keep_large_blocks() -> str:
 
 
 MALLOC_MODE = _keep_large_blocks()
-WITH_COMPILE = os.environ.get("INCEPTION_FAST_BENCH_COMPILE") == "1"
+_COMPILE = os.environ.get("INCEPTION_FAST_BENCH_COMPILE", "").strip()
+WITH_COMPILE = _COMPILE not in ("", "0")
+
+
+def compile_wanted(model: str | None = None) -> bool:
+    """Whether torch.compile is a contestant (for this model: INCEPTION_FAST_BENCH_COMPILE may name
+    the models, since compiling all six with max-autotune takes longer than a GPU check may)."""
+    if not WITH_COMPILE:
+        return False
+    return model is None or _COMPILE in ("1", "all") or model in _COMPILE.split(",")
+
+
+def compiled(fn, device: str):
+    """torch.compile as users reach for it: max-autotune on a GPU, the default on the CPU (where
+    max-autotune's template search takes minutes per model for a few percent)."""
+    return torch.compile(fn, mode="max-autotune" if device == "cuda" else None)
 
 
 def devices():
@@ -120,7 +136,8 @@ def _op_rows(tr, groups):
 
 def _model_rows(tr, groups):
     peaks = {}
-    tr.write_line(f"{'group':56s} {'contestant':10s} {'img/s':>9s} {'GFLOP/s':>9s} {'% peak':>7s} "
+    width = max(len(g) for g in groups)
+    tr.write_line(f"{'group':{width}s} {'contestant':10s} {'img/s':>9s} {'GFLOP/s':>9s} {'% peak':>7s} "
                   f"{'vs eager':>9s} {'vs compile':>10s} {'rel. err':>9s}")
     for group, benches in sorted(groups.items()):
         by = {b.extra_info.get("contestant"): _median(b) for b in benches}
@@ -134,11 +151,12 @@ def _model_rows(tr, groups):
             pct = 100 * gflops * 1e9 / peaks[device]
             vs_eager = f"{by['eager'] / t:8.2f}x" if "eager" in by else "        -"
             vs_compile = f"{by['compile'] / t:9.2f}x" if "compile" in by else "         -"
-            tr.write_line(f"{group:56s} {info['contestant']:10s} {info['images'] / t:9.1f} {gflops:9.1f} {pct:6.0f}% "
+            tr.write_line(f"{group:{width}s} {info['contestant']:10s} {info['images'] / t:9.1f} {gflops:9.1f} {pct:6.0f}% "
                           f"{vs_eager} {vs_compile} {info.get('rel_err', float('nan')):9.1e}")
     tr.write_line("% peak: against a large matmul timed in this process (" + ", ".join(
         f"{d}: {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()) + "); training-step FLOPs count 3x the "
-        "forward's. rel. err: against the reference path in float32 (training: the first step's loss).")
+        "forward's. rel. err: against the reference path in float32 (training: a model's first loss, a block's "
+        "input gradient).")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, WITH_COMPILE, devices, run
+from conftest import QUICK, WITH_COMPILE, compiled, devices, run
 from inception_fast import ops
 
 # (N, C, H, W) from Inception-v3 at 299x299, batch 32: after Mixed_5b's input, Mixed_6*, Mixed_7c.
@@ -91,7 +91,7 @@ def test_bn_relu_train(benchmark, pair, layout, shape):
         y = torch.empty_like(x)
         run(benchmark, lambda: y.copy_(x), device, contestant="copy", bytes=2 * nbytes)
         return
-    fn = {"eager": _eager_bn_relu, "compile": torch.compile(_eager_bn_relu) if contestant == "compile" else None
+    fn = {"eager": _eager_bn_relu, "compile": compiled(_eager_bn_relu, device) if contestant == "compile" else None
           }.get(contestant, _fused_bn_relu)
     xr = x.detach().requires_grad_()
 
@@ -150,7 +150,7 @@ def test_scaled_residual_add(benchmark, pair, layout, shape, mode):
         y = torch.empty_like(x)
         run(benchmark, lambda: y.copy_(x), device, contestant="copy", bytes=2 * nbytes)
         return
-    fn = {"eager": _eager_residual, "compile": torch.compile(_eager_residual) if contestant == "compile" else None
+    fn = {"eager": _eager_residual, "compile": compiled(_eager_residual, device) if contestant == "compile" else None
           }.get(contestant, lambda x, r: ops.scaled_residual_add(x, r, 0.17, True))
     name = contestant
     with ops.use_backend(_backend_of(contestant)):

@@ -2,12 +2,13 @@
 
     inception-fast bench                       # eager vs inception_fast, inference and a training step
     inception-fast bench --models inception_v3 --batch 32 --rounds 10 --json out.json
+    inception-fast bench --compile             # and torch.compile of the reference path (max-autotune on a GPU)
     inception-fast report results.json         # Markdown table + PNG chart (ours or pytest-benchmark's JSON)
     python -m inception_fast.bench ...         # the same without the console script
 
-The two contestants run in interleaved rounds (eager, fused, fused, eager, ...), so a slow spell of a
-shared machine hits both alike; the ratio is the thing to read. Each result carries the fused path's
-relative error against the eager one, and the JSON records the machine, the versions, the precision,
+The contestants run in interleaved rounds (eager, fused, fused, eager, ...), so a slow spell of a
+shared machine hits all alike; the ratio is the thing to read. Each result carries its relative error
+against the eager one, and the JSON records the machine, the versions, the precision,
 the batch and the layout it was measured with.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 # A small input each model takes for the training step (BN-Inception takes sides 32k-1 .. 32k+6).
 SMALL_SIZE = {"bn_inception": 64}
 DEFAULT_SMALL = 75
-CONTESTANTS = ("eager", "fused")
+CONTESTANTS = ("eager", "fused")  # and "compile" when asked for: torch.compile of the reference path
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # -- one model ---------------------------------------------------------------------------------
-def _build(name: str, device: str, channels_last: bool):
+def _build(name: str, device: str, channels_last: bool, contestants=CONTESTANTS):
     from inception_fast import models
 
     torch.manual_seed(0)
@@ -98,7 +99,20 @@ def _build(name: str, device: str, channels_last: bool):
     base = base.to(device)
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
-    return {c: copy.deepcopy(base).set_fused(c == "fused") for c in CONTESTANTS}
+    nets = {c: copy.deepcopy(base).set_fused(c == "fused") for c in contestants}
+    if "compile" in nets:  # compiled on its first call, which is the warm-up
+        nets["compile"] = torch.compile(nets["compile"], mode="max-autotune" if device == "cuda" else None)
+    return nets
+
+
+def without_dropout(net: torch.nn.Module) -> torch.nn.Module:
+    """p=0 in every nn.Dropout: training benchmarks compare each contestant's first loss with the
+    reference path's, and torch.compile draws its own dropout masks (our two paths and the peers draw
+    the same ones), so with dropout on, its error would measure the masks, not the arithmetic."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return net
 
 
 def _interleaved(fns: dict, rounds: int, device: str) -> dict:
@@ -116,8 +130,8 @@ def _interleaved(fns: dict, rounds: int, device: str) -> dict:
 
 
 def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size: int, rounds: int,
-                    channels_last: bool = False) -> list[Result]:
-    nets = {c: n.eval().to(dtype) for c, n in _build(name, device, channels_last).items()}
+                    channels_last: bool = False, contestants=CONTESTANTS) -> list[Result]:
+    nets = {c: n.eval().to(dtype) for c, n in _build(name, device, channels_last, contestants).items()}
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -131,9 +145,9 @@ def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size
 
 
 def bench_training(name: str, device: str, dtype: torch.dtype, batch: int, size: int, rounds: int,
-                   channels_last: bool = False) -> list[Result]:
+                   channels_last: bool = False, contestants=CONTESTANTS) -> list[Result]:
     """forward + backward + SGD step; float32 weights, autocast to dtype when it is not float32."""
-    nets = {c: n.train() for c, n in _build(name, device, channels_last).items()}
+    nets = {c: without_dropout(n.train()) for c, n in _build(name, device, channels_last, contestants).items()}
     opts = {c: torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for c, n in nets.items()}
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
@@ -151,8 +165,7 @@ def bench_training(name: str, device: str, dtype: torch.dtype, batch: int, size:
         return loss.detach()
 
     losses = {}
-    for c in nets:  # the warm-up, and the error: the same dropout masks for both
-        torch.manual_seed(1)
+    for c in nets:  # the warm-up, and the error
         losses[c] = step(c)
     med = _interleaved({c: (lambda c=c: step(c)) for c in nets}, rounds, device)
     return [Result(name, "training step", c, device, f"{str(dtype).split('.')[-1]}{' autocast' if amp else ''}",
@@ -170,7 +183,7 @@ def native_size(name: str) -> int:
 def run(model_names, device: str = "cpu", dtype: torch.dtype | None = None, batch: int | None = None,
         train_batch: int | None = None, size: int | None = None, train_size: int | None = None,
         rounds: int | None = None, channels_last: bool | None = None, kinds=("inference", "training step"),
-        progress: bool = True) -> dict:
+        progress: bool = True, compile: bool = False) -> dict:
     """Benchmark the models; returns {"machine": ..., "settings": ..., "results": [Result as dict]}."""
     gpu = device == "cuda"
     dtype = dtype or (torch.bfloat16 if gpu else torch.float32)
@@ -178,21 +191,23 @@ def run(model_names, device: str = "cpu", dtype: torch.dtype | None = None, batc
     train_batch = train_batch or (32 if gpu else 8)
     rounds = rounds or (20 if gpu else 3)
     channels_last = gpu if channels_last is None else channels_last
+    contestants = CONTESTANTS + (("compile",) if compile else ())
     jobs = [(m, k) for m in model_names for k in kinds]
     results: list[Result] = []
     bar = _progress(len(jobs), progress)
     for name, kind in jobs:
         bar.set_description(f"{name} {kind}")
         if kind == "inference":
-            results += bench_inference(name, device, dtype, batch, size or native_size(name), rounds, channels_last)
+            results += bench_inference(name, device, dtype, batch, size or native_size(name), rounds, channels_last,
+                                       contestants)
         else:
             side = train_size or SMALL_SIZE.get(name, DEFAULT_SMALL)
-            results += bench_training(name, device, dtype, train_batch, side, rounds, channels_last)
+            results += bench_training(name, device, dtype, train_batch, side, rounds, channels_last, contestants)
         bar.update(1)
     bar.close()
     return {"machine": machine_info(device),
             "settings": {"rounds": rounds, "order": "interleaved", "dtype": str(dtype).split(".")[-1],
-                         "channels_last": channels_last},
+                         "channels_last": channels_last, "contestants": list(contestants)},
             "results": [dict(dataclasses.asdict(r), images_per_s=r.images_per_s) for r in results]}
 
 
@@ -256,16 +271,16 @@ def _rows(results: list[Result]):
 def markdown_table(results: list[Result], machine: dict | None = None) -> str:
     contestants = [c for c in ("eager", "peer", "compile", "fused") if any(r.contestant == c for r in results)]
     contestants += sorted({r.contestant for r in results} - set(contestants))
+    others = [c for c in contestants if c != "eager"]
     head = ["model", "pass", "setting"] + [f"{c} img/s" for c in contestants] + \
-        [f"{c} vs eager" for c in contestants if c != "eager"] + ["fused rel. err"]
+        [f"{c} vs eager" for c in others] + [f"{c} rel. err" for c in others]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, kind, setting, by in _rows(results):
         eager = by.get("eager")
         cells = [model, kind, setting]
         cells += [f"{by[c].images_per_s:.1f}" if c in by else "—" for c in contestants]
-        cells += [f"{eager.seconds / by[c].seconds:.2f}x" if c in by and eager else "—"
-                  for c in contestants if c != "eager"]
-        cells.append(f"{by['fused'].rel_err:.1e}" if "fused" in by else "—")
+        cells += [f"{eager.seconds / by[c].seconds:.2f}x" if c in by and eager else "—" for c in others]
+        cells += [f"{by[c].rel_err:.1e}" if c in by else "—" for c in others]
         lines.append("| " + " | ".join(cells) + " |")
     if machine:
         desc = ", ".join(f"{k} {v}" for k, v in machine.items() if v not in (None, ""))
@@ -346,6 +361,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on a GPU")
     p.add_argument("--only", choices=["inference", "training"], default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile of the reference path (mode max-autotune on a GPU); compiling takes "
+                        "minutes per model")
     p.add_argument("--json", default=None, help="also write the results (with the machine) to this JSON file")
     p.add_argument("--no-progress", action="store_true")
 
@@ -357,7 +375,7 @@ def bench_main(args: argparse.Namespace) -> int:
     kinds = {"inference": ("inference",), "training": ("training step",)}.get(args.only, ("inference", "training step"))
     data = run(args.models or list_models(), device, getattr(torch, args.dtype) if args.dtype else None,
                args.batch, args.train_batch, args.size, args.train_size, args.rounds, args.channels_last, kinds,
-               progress=not args.no_progress)
+               progress=not args.no_progress, compile=args.compile)
     results = [Result(**{k: v for k, v in r.items() if k != "images_per_s"}) for r in data["results"]]
     print(markdown_table(results, data["machine"]), end="")
     if args.json:

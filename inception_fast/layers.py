@@ -7,6 +7,9 @@ The path is chosen per module (`module.fused = True/False`) or, where that is No
 """
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -130,12 +133,45 @@ class ScaledResidual(_PathMixin, nn.Module):
         return f"scale={self.scale}, relu={self.relu}"
 
 
-class ResidualBlock(nn.Module):
+class Fork(NamedTuple):
+    """A step of a branch that splits it: every branch of `branches` reads the same tensor, and
+    their outputs are concatenated along the channels (Inception-v3's InceptionE, v4's InceptionC)."""
+
+    branches: tuple
+
+
+class BranchBlock(nn.Module):
+    """A block whose forward is cat([branch(x) for branch in branches()], dim=1) (Inception-ResNet
+    blocks: then the up-projection and the residual). `branches()` describes that forward as data,
+    which optimize() compiles into merged 1x1 GEMMs and folded convolutions: a branch is a list of
+    steps, each a ConvBNReLU, a pooling module or a Fork. The default reads the attributes branch0,
+    branch1, ... (or branch1, branch2, ...) in order, unrolling nn.Sequential; blocks whose forward is
+    written differently override it, and tests check every description against its block's forward."""
+
+    def branches(self) -> list[list]:
+        names = sorted((n for n in self._modules if re.fullmatch(r"branch\d+", n)), key=lambda n: int(n[6:]))
+        return [list(m) if isinstance(m, nn.Sequential) else [m] for m in (self._modules[n] for n in names)]
+
+
+def run_branch(steps, x: torch.Tensor) -> torch.Tensor:
+    """A branch description applied to x (the reference semantics of BranchBlock.branches())."""
+    for step in steps:
+        x = torch.cat([run_branch(b, x) for b in step.branches], 1) if isinstance(step, Fork) else step(x)
+    return x
+
+
+def run_branches(branches, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([run_branch(b, x) for b in branches], 1)
+
+
+class ResidualBlock(BranchBlock):
     """Base of the Inception-ResNet blocks (Block35/17/8 of timm's and facenet-pytorch's models):
-    a block ends in `self.residual`, a ScaledResidual computing act(x + scale * up-projection); `scale`
+    the branches, concatenated, go through the up-projection `self.conv2d` (a 1x1 conv with a bias),
+    and the block ends in `self.residual`, a ScaledResidual computing act(x + scale * up-projection); `scale`
     reads and sets its factor and `no_relu` tells whether the ReLU is left out, as the peers' blocks
     expose them."""
 
+    conv2d: nn.Conv2d
     residual: ScaledResidual
 
     @property

@@ -28,6 +28,18 @@ def test_bench_runs_both_paths_and_records_the_machine(tmp_path):
         assert r["rel_err"] == 0.0 if contestant == "eager" else 0.0 <= r["rel_err"] < 1e-4
 
 
+def test_bench_compile_contestant(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert bench.main(["bench", "--models", "googlenet", "--batch", "2", "--size", "32", "--rounds", "1",
+                       "--only", "inference", "--compile", "--json", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    rows = {r["contestant"]: r for r in data["results"]}
+    assert set(rows) == {"eager", "fused", "compile"} and data["settings"]["contestants"] == ["eager", "fused", "compile"]
+    assert 0.0 <= rows["compile"]["rel_err"] < 1e-4
+    table = capsys.readouterr().out
+    assert "compile vs eager" in table and "compile rel. err" in table and "fused rel. err" in table
+
+
 def test_report_from_our_json(tmp_path):
     results = [bench.Result("inception_v3", "inference", c, "cpu", "float32", "nchw", 8, 299, s, e)
                for c, s, e in (("eager", 0.8, 0.0), ("fused", 0.5, 2e-7))]

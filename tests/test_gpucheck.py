@@ -23,10 +23,11 @@ def test_plan(tmp_path):
     assert [s.name for s in steps] == ["build", "kernels present", "tests", "benchmarks"]
     assert steps[0].env["TORCH_CUDA_ARCH_LIST"] == "9.0" and steps[0].env["FORCE_CUDA"] == "1"
     assert "-k" in steps[2].command and "cuda" in steps[2].command
-    assert steps[3].env == {"INCEPTION_FAST_BENCH_DEVICE": "cuda"}
-    steps = gpucheck.plan(tmp_path, ENV, skip_build=True, bench=True, compile_=True)
+    assert steps[3].env == {"INCEPTION_FAST_BENCH_DEVICE": "cuda", "INCEPTION_FAST_BENCH_COMPILE": "inception_v3"}
+    steps = gpucheck.plan(tmp_path, ENV, skip_build=True, bench=True, compile_="all")
     assert [s.name for s in steps] == ["kernels present", "tests", "benchmarks"]
-    assert steps[-1].env["INCEPTION_FAST_BENCH_COMPILE"] == "1"
+    assert steps[-1].env["INCEPTION_FAST_BENCH_COMPILE"] == "all"
+    assert "INCEPTION_FAST_BENCH_COMPILE" not in gpucheck.plan(tmp_path, ENV, compile_="none")[-1].env
     assert [s.name for s in gpucheck.plan(tmp_path, ENV, bench=False)][-1] == "tests"
 
 

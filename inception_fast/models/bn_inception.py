@@ -76,6 +76,23 @@ def _side_fits(side: int) -> bool:
     return side >= MIN_INPUT_SIZE and _grid_into_3c(side) % 4 == 0
 
 
+# inception_fast.optimize() puts a block's (or a stem conv's) compiled form beside its flat modules
+# under the same name plus this suffix; the forward then runs that instead.
+OPTIMIZED_SUFFIX = "_optimized"
+
+
+class ConvBNReLUView(nn.Module):
+    """A conv, its BatchNorm and its ReLU (three of the model's flat modules, not owned here) as one
+    step with ConvBNReLU's attributes `conv` and `bn`."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.relu = conv, bn, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
 class BNInception(_PathMixin, InceptionModel):
     """pretrainedmodels' BNInception, same module names and order, plus timm's arguments (in_chans,
     drop_rate, global_pool) and its methods `features` / `logits`.
@@ -148,6 +165,9 @@ class BNInception(_PathMixin, InceptionModel):
 
     # -- forward ----------------------------------------------------------------------------
     def _conv_bn_relu(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        optimized = self._modules.get(name + OPTIMIZED_SUFFIX)
+        if optimized is not None:
+            return optimized(x)
         x = getattr(self, name)(x)
         bn = getattr(self, name + "_bn")
         if self._use_fused():
@@ -155,6 +175,9 @@ class BNInception(_PathMixin, InceptionModel):
         return getattr(self, self._relu_of[name])(bn(x))
 
     def _block(self, x: torch.Tensor, b: InceptionBlock) -> torch.Tensor:
+        optimized = self._modules.get(b.name + OPTIMIZED_SUFFIX)
+        if optimized is not None:
+            return optimized(x)
         p = b.name
         out = [self._conv_bn_relu(x, f"{p}_1x1")] if b.ch1x1 else []
         out.append(self._conv_bn_relu(self._conv_bn_relu(x, f"{p}_3x3_reduce"), f"{p}_3x3"))
@@ -163,6 +186,21 @@ class BNInception(_PathMixin, InceptionModel):
         pooled = getattr(self, f"{p}_pool")(x)
         out.append(self._conv_bn_relu(pooled, f"{p}_pool_proj") if b.pool_proj else pooled)
         return torch.cat(out, 1)
+
+    def conv_bn_relu(self, name: str) -> "ConvBNReLUView":
+        """The conv, BatchNorm and ReLU named `name` as one step (for block descriptions)."""
+        return ConvBNReLUView(getattr(self, name), getattr(self, name + "_bn"), getattr(self, self._relu_of[name]))
+
+    def branches(self, b: InceptionBlock) -> list[list]:
+        """Block `b` described as data, as BranchBlock.branches() describes the other models' blocks:
+        what optimize() compiles into merged 1x1 GEMMs (and tests check against _block)."""
+        unit = lambda branch: self.conv_bn_relu(f"{b.name}_{branch}")  # noqa: E731
+        out = [[unit("1x1")]] if b.ch1x1 else []
+        out.append([unit("3x3_reduce"), unit("3x3")])
+        out.append([unit("double_3x3_reduce"), unit("double_3x3_1"), unit("double_3x3_2")])
+        pool = getattr(self, f"{b.name}_pool")
+        out.append([pool, unit("pool_proj")] if b.pool_proj else [pool])
+        return out
 
     def check_input(self, x: torch.Tensor, min_size: int | None = None) -> None:
         super().check_input(x, min_size)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import ConvBNReLU
+from inception_fast.layers import BranchBlock, ConvBNReLU
 from inception_fast.models._base import InceptionModel, imagenet_to_inception_input
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -35,7 +35,7 @@ GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux
 MIN_INPUT_SIZE = 15
 
 
-class Inception(nn.Module):
+class Inception(BranchBlock):
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
                  pool_proj: int):
         super().__init__()

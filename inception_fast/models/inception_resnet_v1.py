@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import ConvBNReLU, ResidualBlock, ScaledResidual
+from inception_fast.layers import BranchBlock, ConvBNReLU, ResidualBlock, ScaledResidual
 from inception_fast.models._base import GlobalPool2d, InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained, read_state_dict
@@ -125,7 +125,7 @@ class Block8(_ResidualBlock):
         return self.residual(x, self.conv2d(out))
 
 
-class Mixed_6a(nn.Module):  # noqa: N801 (facenet-pytorch's class name)
+class Mixed_6a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
     """Reduction-A, 35x35 -> 17x17 (k, l, m, n = 192, 192, 256, 384 for Inception-ResNet-v1)."""
 
     def __init__(self):
@@ -142,7 +142,7 @@ class Mixed_6a(nn.Module):  # noqa: N801 (facenet-pytorch's class name)
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
 
 
-class Mixed_7a(nn.Module):  # noqa: N801 (facenet-pytorch's class name)
+class Mixed_7a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
     """Reduction-B, 17x17 -> 8x8."""
 
     def __init__(self):

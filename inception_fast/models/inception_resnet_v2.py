@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import ConvBNReLU, ResidualBlock, ScaledResidual
+from inception_fast.layers import BranchBlock, ConvBNReLU, ResidualBlock, ScaledResidual
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -30,7 +30,7 @@ MIN_INPUT_SIZE = 75
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
-class Mixed_5b(nn.Module):
+class Mixed_5b(BranchBlock):
     def __init__(self):
         super().__init__()
         self.branch0 = ConvBNReLU(192, 96, kernel_size=1)
@@ -76,7 +76,7 @@ class Block35(ResidualBlock):
         return self.residual(x, out)
 
 
-class Mixed_6a(nn.Module):
+class Mixed_6a(BranchBlock):
     """Reduction-A: 35x35x320 -> 17x17x1088."""
 
     def __init__(self):
@@ -112,7 +112,7 @@ class Block17(ResidualBlock):
         return self.residual(x, out)
 
 
-class Mixed_7a(nn.Module):
+class Mixed_7a(BranchBlock):
     """Reduction-B: 17x17x1088 -> 8x8x2080."""
 
     def __init__(self):

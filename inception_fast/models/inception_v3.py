@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import ConvBNReLU
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork
 from inception_fast.models._base import InceptionModel, imagenet_to_inception_input
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -32,7 +32,12 @@ MIN_INPUT_SIZE = 75
 AUX_MIN_GRID = 17
 
 
-class InceptionA(nn.Module):
+def _avg_pool_3x3() -> nn.AvgPool2d:
+    """The average pool of the forward functions (F.avg_pool2d's defaults: the padding counted)."""
+    return nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+
+
+class InceptionA(BranchBlock):
     def __init__(self, in_channels: int, pool_features: int):
         super().__init__()
         self.branch1x1 = ConvBNReLU(in_channels, 64, kernel_size=1)
@@ -50,8 +55,12 @@ class InceptionA(nn.Module):
         bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
         return torch.cat([b1, b5, b3, bp], 1)
 
+    def branches(self):
+        return [[self.branch1x1], [self.branch5x5_1, self.branch5x5_2],
+                [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3], [_avg_pool_3x3(), self.branch_pool]]
 
-class InceptionB(nn.Module):
+
+class InceptionB(BranchBlock):
     def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3 = ConvBNReLU(in_channels, 384, kernel_size=3, stride=2)
@@ -64,8 +73,12 @@ class InceptionB(nn.Module):
         bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         return torch.cat([b3, bd, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
+    def branches(self):
+        return [[self.branch3x3], [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3],
+                [nn.MaxPool2d(3, stride=2)]]
 
-class InceptionC(nn.Module):
+
+class InceptionC(BranchBlock):
     def __init__(self, in_channels: int, channels_7x7: int):
         super().__init__()
         c7 = channels_7x7
@@ -89,8 +102,13 @@ class InceptionC(nn.Module):
         bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
         return torch.cat([b1, b7, bd, bp], 1)
 
+    def branches(self):
+        return [[self.branch1x1], [self.branch7x7_1, self.branch7x7_2, self.branch7x7_3],
+                [self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                 self.branch7x7dbl_5], [_avg_pool_3x3(), self.branch_pool]]
 
-class InceptionD(nn.Module):
+
+class InceptionD(BranchBlock):
     def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3_1 = ConvBNReLU(in_channels, 192, kernel_size=1)
@@ -107,8 +125,13 @@ class InceptionD(nn.Module):
             b7 = conv(b7)
         return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
+    def branches(self):
+        return [[self.branch3x3_1, self.branch3x3_2],
+                [self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4],
+                [nn.MaxPool2d(3, stride=2)]]
 
-class InceptionE(nn.Module):
+
+class InceptionE(BranchBlock):
     def __init__(self, in_channels: int):
         super().__init__()
         self.branch1x1 = ConvBNReLU(in_channels, 320, kernel_size=1)
@@ -129,6 +152,11 @@ class InceptionE(nn.Module):
         bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
         bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
         return torch.cat([b1, b3, bd, bp], 1)
+
+    def branches(self):
+        return [[self.branch1x1], [self.branch3x3_1, Fork(([self.branch3x3_2a], [self.branch3x3_2b]))],
+                [self.branch3x3dbl_1, self.branch3x3dbl_2, Fork(([self.branch3x3dbl_3a], [self.branch3x3dbl_3b]))],
+                [_avg_pool_3x3(), self.branch_pool]]
 
 
 class InceptionAux(nn.Module):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import ConvBNReLU
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -33,7 +33,7 @@ def _avg_pool_3x3() -> nn.AvgPool2d:
     return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
 
 
-class Mixed3a(nn.Module):
+class Mixed3a(BranchBlock):
     def __init__(self):
         super().__init__()
         self.maxpool = nn.MaxPool2d(3, stride=2)
@@ -42,8 +42,11 @@ class Mixed3a(nn.Module):
     def forward(self, x):
         return torch.cat((self.maxpool(x), self.conv(x)), 1)
 
+    def branches(self):
+        return [[self.maxpool], [self.conv]]
 
-class Mixed4a(nn.Module):
+
+class Mixed4a(BranchBlock):
     def __init__(self):
         super().__init__()
         self.branch0 = nn.Sequential(
@@ -61,7 +64,7 @@ class Mixed4a(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x)), 1)
 
 
-class Mixed5a(nn.Module):
+class Mixed5a(BranchBlock):
     def __init__(self):
         super().__init__()
         self.conv = ConvBNReLU(192, 192, kernel_size=3, stride=2)
@@ -70,8 +73,11 @@ class Mixed5a(nn.Module):
     def forward(self, x):
         return torch.cat((self.conv(x), self.maxpool(x)), 1)
 
+    def branches(self):
+        return [[self.conv], [self.maxpool]]
 
-class InceptionA(nn.Module):
+
+class InceptionA(BranchBlock):
     def __init__(self):
         super().__init__()
         self.branch0 = ConvBNReLU(384, 96, kernel_size=1)
@@ -90,7 +96,7 @@ class InceptionA(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class ReductionA(nn.Module):
+class ReductionA(BranchBlock):
     """Mixed6a: 35x35x384 -> 17x17x1024."""
 
     def __init__(self):
@@ -107,7 +113,7 @@ class ReductionA(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(BranchBlock):
     def __init__(self):
         super().__init__()
         self.branch0 = ConvBNReLU(1024, 384, kernel_size=1)
@@ -129,7 +135,7 @@ class InceptionB(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class ReductionB(nn.Module):
+class ReductionB(BranchBlock):
     """Mixed7a: 17x17x1024 -> 8x8x1536."""
 
     def __init__(self):
@@ -150,7 +156,7 @@ class ReductionB(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(BranchBlock):
     def __init__(self):
         super().__init__()
         self.branch0 = ConvBNReLU(1536, 256, kernel_size=1)
@@ -171,6 +177,11 @@ class InceptionC(nn.Module):
         x2 = self.branch2_2(self.branch2_1(self.branch2_0(x)))
         x2 = torch.cat((self.branch2_3a(x2), self.branch2_3b(x2)), 1)
         return torch.cat((x0, x1, x2, self.branch3(x)), 1)
+
+    def branches(self):
+        return [[self.branch0], [self.branch1_0, Fork(([self.branch1_1a], [self.branch1_1b]))],
+                [self.branch2_0, self.branch2_1, self.branch2_2, Fork(([self.branch2_3a], [self.branch2_3b]))],
+                list(self.branch3)]
 
 
 class InceptionV4(InceptionModel):

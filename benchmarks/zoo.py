@@ -1,0 +1,97 @@
+"""The models the model and block benchmarks time: ours with a peer's random weights (the peer as a
+contestant of its own), and each contestant built from them -- the reference path ("eager"), the
+fused path, the peer, torch.compile of the reference path."""
+import copy
+import importlib
+
+import pytest
+import torch
+
+from conftest import compiled
+from inception_fast import models
+from inception_fast.layers import _PathMixin
+
+# The peer of each model, built with random weights, and the configuration ours copies.
+PEERS = {
+    "googlenet": ("torchvision", lambda m: m.models.googlenet(weights=None, aux_logits=False, init_weights=False),
+                  dict(aux_logits=False, init_weights=False)),
+    "bn_inception": ("pretrainedmodels", lambda m: m.bninception(num_classes=1000, pretrained=None), {}),
+    "inception_v3": ("torchvision", lambda m: m.models.inception_v3(weights=None, aux_logits=False, init_weights=False),
+                     dict(aux_logits=False, init_weights=False)),
+    "inception_v4": ("timm", lambda m: m.create_model("inception_v4"), {}),
+    "inception_resnet_v1": ("facenet_pytorch", lambda m: m.InceptionResnetV1(pretrained=None, classify=True,
+                                                                             num_classes=1000),
+                            dict(embedding_size=512)),
+    "inception_resnet_v2": ("timm", lambda m: m.create_model("inception_resnet_v2"), {}),
+}
+MODEL_NAMES = list(PEERS)
+# A small input each model takes (BN-Inception takes sides 32k-1 .. 32k+6 only).
+SMALL = {"bn_inception": 64}
+
+
+def _peer(name):
+    """The peer with random weights, or None (with the reason) when it cannot be imported."""
+    module, build, _ = PEERS[name]
+    try:
+        return build(importlib.import_module(module)), None
+    except Exception as e:  # noqa: BLE001 - an uninstallable peer is reported, not fatal
+        return None, f"peer {module} not available: {type(e).__name__}: {e}"
+
+
+def randomise_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+_cache = {}
+
+
+def pair(name):
+    """(ours, peer, why) with the same random weights, eval mode, CPU fp32; peer None (and why says
+    why) when it is not installed: then only its own contestant is skipped."""
+    if name not in _cache:
+        torch.manual_seed(0)
+        peer, why = _peer(name)
+        ours = models.create_model(name, **PEERS[name][2]).eval()
+        if peer is not None:
+            peer = randomise_bn(peer).eval()
+            ours.load_state_dict(peer.state_dict(), strict=True)
+        else:
+            randomise_bn(ours)
+        _cache[name] = (ours, peer, why)
+    return _cache[name]
+
+
+def contestant_of(module, contestant, device, dtype=torch.float32, channels_last=False):
+    """A copy of `module` (a model or one of its blocks) as the contestant runs it."""
+    net = copy.deepcopy(module)
+    for m in net.modules():
+        if isinstance(m, _PathMixin):
+            m.fused = contestant == "fused"
+    net = net.to(device=device, dtype=dtype)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return compiled(net, device) if contestant == "compile" else net
+
+
+def model(name, contestant, device, dtype=torch.float32, channels_last=False):
+    ours, peer, why = pair(name)
+    if contestant == "peer" and peer is None:
+        pytest.skip(why)
+    return contestant_of(peer if contestant == "peer" else ours, contestant, device, dtype, channels_last)
+
+
+def rel_err(y, ref):
+    y, ref = y.detach().double().cpu(), ref.detach().double().cpu()
+    return ((y - ref).norm() / ref.norm()).item()
+
+
+def size_of(name, size):
+    """The side to time `name` at: its native one for None, else `size` (75 -> a side it takes)."""
+    if size is None:
+        return pair(name)[0].pretrained_cfg["input_size"][-1]
+    return SMALL.get(name, size) if size == 75 else size

@@ -1,0 +1,364 @@
+"""`inception_fast.optimize(model)`: any of the six models compiled for inference.
+
+What it does to a model (eval only; the model given is left as it is):
+- every conv-BN-ReLU becomes one convolution: BatchNorm folded into the weights and bias (in float64,
+  then rounded once to the run dtype), the ReLU a post-op of the convolution (oneDNN on the CPU);
+- in every Inception block the 1x1 convolutions that read the block input become ONE convolution
+  with their output channels concatenated (the input is read once, one large GEMM instead of
+  several narrow ones); the following convs read their channel slice of it;
+- the average-pool branch is projected first and pooled after (pool and 1x1 conv are both linear,
+  so pool(conv(x)) == conv(pool(x)) for either count_include_pad), then bias and ReLU: the pool runs
+  on the narrower tensor;
+- in the Inception-ResNet blocks the residual scale is folded into the up-projection, and the
+  residual add and ReLU are its post-ops (one pass instead of three);
+- activations in channels_last and, with `dtype=torch.bfloat16` (or float16 on a GPU), in that
+  dtype; the result takes the same input as the model (float32, NCHW or channels_last) and returns
+  float32.
+
+The block descriptions it compiles are the models' own (`BranchBlock.branches()`), checked against
+each block's forward in the tests.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, ResidualBlock
+
+__all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual"]
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_pointwise() -> bool:
+    """Whether ATen's oneDNN convolution with fused post-ops (what inductor's freezing uses) is here."""
+    ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    if not ok:
+        warnings.warn("inception_fast.optimize: this torch has no oneDNN convolution with post-ops "
+                      "(torch.ops.mkldnn._convolution_pointwise); CPU convolutions run as conv2d + separate "
+                      "bias/ReLU passes", stacklevel=3)
+    return ok
+
+
+def _is_conv_bn_relu(step) -> bool:
+    return isinstance(getattr(step, "conv", None), nn.Conv2d) and isinstance(getattr(step, "bn", None),
+                                                                              nn.BatchNorm2d)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, scale: float = 1.0):
+    """(weight, bias) of conv followed by bn (running statistics) and a factor, in float64."""
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                               device=w.device)
+    if bn is not None:
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("optimize() folds BatchNorm's running statistics into the convolutions; a "
+                             "BatchNorm2d without them (track_running_stats=False) has none to fold")
+        inv = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(inv)
+        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(inv)
+        w = w * (gamma * inv).view(-1, 1, 1, 1)
+        b = (b - bn.running_mean.detach().double()) * gamma * inv + beta
+    return w * scale, b * scale
+
+
+class FoldedConv(nn.Module):
+    """act(conv(x, weight, bias) [+ other]): a convolution with BatchNorm folded in, the ReLU (and a
+    residual add) as post-ops of oneDNN's convolution on the CPU."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d, relu: bool = True):
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"FoldedConv takes plain zero-padded convolutions, got {conv}")
+        self.register_buffer("weight", weight.float().contiguous())
+        self.register_buffer("bias", bias.float().contiguous())
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.relu = relu
+        # oneDNN's own layout of the weight for an input shape (packed on first use: 2-12% per conv
+        # over reordering a plain weight on every call). Not state: dropped on copy, rebuilt on use.
+        self._packed: dict = {}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_packed"] = {}
+        return state
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        key = (tuple(x.shape), w.dtype, w.data_ptr())
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 8:  # a model fed many shapes keeps the latest few
+                self._packed.clear()
+            packed = self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                w, self.padding, self.stride, self.dilation, 1, list(x.shape))
+        return packed
+
+    @classmethod
+    def from_step(cls, step, relu: bool = True) -> "FoldedConv":
+        """From a ConvBNReLU (or anything with its `conv` and `bn`)."""
+        return cls(*_fold(step.conv, step.bn), step.conv, relu)
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _onednn_pointwise():
+            w = self._packed_weight(x) if w.dtype == x.dtype and not torch.is_grad_enabled() else w
+            act = "relu" if self.relu else "none"
+            if other is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, w, b, self.padding, self.stride, self.dilation, 1,
+                                                               act, [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, w, b, self.padding, self.stride, self.dilation, 1, "add", 1.0,
+                "relu" if self.relu else None, [], "")
+        y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+        if other is not None:
+            y = y.add_(other)
+        return F.relu_(y) if self.relu else y
+
+    def extra_repr(self) -> str:
+        o, i, kh, kw = self.weight.shape
+        return f"{i}, {o}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, padding={tuple(self.padding)}, " \
+               f"relu={self.relu}"
+
+
+class _PoolProjection(nn.Module):
+    """relu(avgpool(conv1x1(x)) + bias) == relu(conv1x1(avgpool(x)) + bias): the projection first,
+    so that the pool runs on the narrower tensor."""
+
+    def __init__(self, pool: nn.AvgPool2d, step):
+        super().__init__()
+        w, b = _fold(step.conv, step.bn)
+        self.project = FoldedConv(w, torch.zeros_like(b), step.conv, relu=False)
+        self.register_buffer("bias", b.float().view(1, -1, 1, 1))
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(self.pool(self.project(x)).add_(self.bias))
+
+
+def _is_1x1(step) -> bool:
+    c = step.conv
+    return c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0) and c.groups == 1 \
+        and c.dilation == (1, 1)
+
+
+def _compile_steps(steps) -> nn.ModuleList:
+    out = nn.ModuleList()
+    for step in steps:
+        if isinstance(step, Fork):
+            out.append(_Fork([_compile_steps(b) for b in step.branches]))
+        elif _is_conv_bn_relu(step):
+            out.append(FoldedConv.from_step(step))
+        elif isinstance(step, (nn.AvgPool2d, nn.MaxPool2d)):
+            out.append(copy.deepcopy(step))
+        else:
+            raise TypeError(f"optimize() does not know the block step {type(step).__name__}")
+    return out
+
+
+class _Fork(nn.Module):
+    def __init__(self, branches: list[nn.ModuleList]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([_run(b, x) for b in self.branches], 1)
+
+
+def _run(steps: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for step in steps:
+        x = step(x)
+    return x
+
+
+class FusedBranches(nn.Module):
+    """An Inception block compiled from its description (a list of branches, each a list of steps):
+    the branches' leading 1x1 convs as one merged convolution, the average-pool branch projected
+    first, every other conv-BN-ReLU folded."""
+
+    def __init__(self, branches: list[list]):
+        super().__init__()
+        merged, sizes = [], []
+        self.starts: list[str] = []  # per branch: "merged" (its slice of the merged conv), "pool_proj", "input"
+        self.pool_projections = nn.ModuleList()
+        rests = []
+        for steps in branches:
+            if steps and _is_conv_bn_relu(steps[0]) and _is_1x1(steps[0]):
+                merged.append(steps[0])
+                sizes.append(steps[0].conv.out_channels)
+                self.starts.append("merged")
+                rests.append(steps[1:])
+            elif len(steps) >= 2 and isinstance(steps[0], nn.AvgPool2d) and _is_conv_bn_relu(steps[1]) \
+                    and _is_1x1(steps[1]):
+                self.pool_projections.append(_PoolProjection(copy.deepcopy(steps[0]), steps[1]))
+                self.starts.append("pool_proj")
+                rests.append(steps[2:])
+            else:
+                self.starts.append("input")
+                rests.append(steps)
+        self.sizes = sizes
+        self.merged = None
+        if merged:
+            folded = [_fold(s.conv, s.bn) for s in merged]
+            self.merged = FoldedConv(torch.cat([w for w, _ in folded]), torch.cat([b for _, b in folded]),
+                                     merged[0].conv, relu=True)
+        self.rests = nn.ModuleList(_compile_steps(r) for r in rests)
+
+    def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pieces = iter(self.merged(x).split(self.sizes, 1) if self.merged is not None else ())
+        projections = iter(self.pool_projections)
+        outs = []
+        for start, rest in zip(self.starts, self.rests):
+            y = next(pieces) if start == "merged" else next(projections)(x) if start == "pool_proj" else x
+            outs.append(_run(rest, y))
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.branch_outputs(x), 1)
+
+
+class FusedResidual(FusedBranches):
+    """An Inception-ResNet block: the branches as FusedBranches, then act(x + scale * up(cat)) as one
+    convolution (the scale folded into the up-projection, the add and the ReLU its post-ops)."""
+
+    def __init__(self, block: ResidualBlock):
+        super().__init__(block.branches())
+        self.up = FoldedConv(*_fold(block.conv2d, scale=block.residual.scale), block.conv2d, relu=block.residual.relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.cat(self.branch_outputs(x), 1), other=x)
+
+
+def _compile_module(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, ResidualBlock):
+        return FusedResidual(module)
+    if isinstance(module, BranchBlock):
+        return FusedBranches(module.branches())
+    if isinstance(module, ConvBNReLU):
+        return FoldedConv.from_step(module)
+    return None
+
+
+def _rewrite(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        new = _compile_module(child)
+        if new is None:
+            _rewrite(child)
+        else:
+            setattr(module, name, new)
+
+
+def _rewrite_bn_inception(model: nn.Module) -> None:
+    from inception_fast.models.bn_inception import BLOCKS, OPTIMIZED_SUFFIX
+
+    flat = set()
+    for name in ("conv1_7x7_s2", "conv2_3x3_reduce", "conv2_3x3"):
+        model.add_module(name + OPTIMIZED_SUFFIX, FoldedConv.from_step(model.conv_bn_relu(name)))
+        flat.add(name)
+    for b in BLOCKS:
+        model.add_module(b.name + OPTIMIZED_SUFFIX, FusedBranches(model.branches(b)))
+        flat.update(n[: -len("_bn")] for n in model._modules if n.startswith(b.name + "_") and n.endswith("_bn"))
+    for name in flat:  # the flat modules the compiled ones replace
+        for suffix in ("", "_bn"):
+            delattr(model, name + suffix)
+        delattr(model, model._relu_of[name])
+
+
+class OptimizedModel(nn.Module):
+    """The compiled model, for inference: takes what the model took (float32, NCHW or channels_last)
+    and returns float32; runs in `dtype` and channels_last inside. Attributes not found here are the
+    model's (pretrained_cfg, num_classes, ...)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("an optimize()d model is for inference only (BatchNorm is folded into its "
+                               "convolutions): train the original model")
+        return super().train(False)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the model takes a tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"the model takes a floating-point batch, got {x.dtype}")
+        if x.dim() == 4 and self.channels_last:
+            return x.to(dtype=self.dtype, memory_format=torch.channels_last)
+        return x.to(self.dtype)
+
+    @staticmethod
+    def _output(y, nan_rows: torch.Tensor | None):
+        """float32, and NaN in the rows whose input held a NaN: oneDNN's ReLU post-op maps NaN to 0
+        (max(x, 0)), where eager's ReLU keeps it and the NaN reaches every output of its image."""
+        if isinstance(y, torch.Tensor):
+            y = y.float()
+            if nan_rows is not None and y.dim() >= 1 and y.shape[0] == nan_rows.shape[0]:
+                y = torch.where(nan_rows.view(-1, *[1] * (y.dim() - 1)), float("nan"), y)
+            return y
+        if isinstance(y, tuple):
+            items = [OptimizedModel._output(v, nan_rows) for v in y]
+            return type(y)(*items) if hasattr(y, "_fields") else type(y)(items)
+        return y
+
+    @staticmethod
+    def _nan_rows(x: torch.Tensor) -> torch.Tensor | None:
+        return x.isnan().flatten(1).any(1) if x.dim() >= 2 else None
+
+    def forward(self, x: torch.Tensor):
+        with torch.no_grad():
+            return self._output(self.model(self._input(x)), self._nan_rows(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._output(self.model.forward_features(self._input(x)), self._nan_rows(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            return self._output(self.model.forward_head(x.to(self.dtype), pre_logits=pre_logits), self._nan_rows(x))
+
+
+def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = True,
+             cuda_graph: bool = False) -> OptimizedModel:
+    """`model` (any of the six, on its device) compiled for inference; the model itself is unchanged.
+
+    dtype: the precision inside (default float32; torch.bfloat16 on CPUs with AVX-512 BF16 or AMX
+    and on GPUs, torch.float16 on GPUs). channels_last: activations in NHWC (the layout oneDNN's and
+    cuDNN's fastest convolutions use)."""
+    from inception_fast.models.bn_inception import BNInception
+
+    if cuda_graph:
+        raise NotImplementedError("optimize(cuda_graph=True) is not built yet (issue 8)")
+    dtype = dtype or torch.float32
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"optimize() runs in float32, bfloat16 or float16, got {dtype}")
+    device = next(model.parameters()).device
+    if dtype == torch.float16 and device.type == "cpu":
+        raise TypeError("optimize(dtype=torch.float16) is for GPUs: on the CPU use torch.bfloat16")
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        if isinstance(net, BNInception):
+            _rewrite_bn_inception(net)
+        else:
+            _rewrite(net)
+        net = net.to(dtype)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+    return OptimizedModel(net, dtype, channels_last).eval()
