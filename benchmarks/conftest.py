@@ -145,10 +145,14 @@ def _model_rows(tr, groups):
             info = b.extra_info
             t = _median(b)
             device = info.get("device", "cpu")
-            if device not in peaks:
-                peaks[device] = attainable_peak(device, torch.float32 if device == "cpu" else torch.bfloat16)
+            # bf16 contestants against the bf16 matmul peak (on a GPU every case is bf16)
+            low = device != "cpu" or info["contestant"].endswith("bf16") or "bf16" in info.get("dtype", "") \
+                or "bfloat16" in info.get("dtype", "")
+            key = f"{device} {'bf16' if low else 'fp32'}"
+            if key not in peaks:
+                peaks[key] = attainable_peak(device, torch.bfloat16 if low else torch.float32)
             gflops = info["flops"] / t / 1e9
-            pct = 100 * gflops * 1e9 / peaks[device]
+            pct = 100 * gflops * 1e9 / peaks[key]
             vs_eager = f"{by['eager'] / t:8.2f}x" if "eager" in by else "        -"
             vs_compile = f"{by['compile'] / t:9.2f}x" if "compile" in by else "         -"
             tr.write_line(f"{group:{width}s} {info['contestant']:10s} {info['images'] / t:9.1f} {gflops:9.1f} {pct:6.0f}% "

@@ -3,6 +3,9 @@ backward, no optimizer), the reference path ("eager") vs the fused path (and tor
 reference path for the models INCEPTION_FAST_BENCH_COMPILE names), side by side in one run, each with its
 error against the reference path.
 
+Inference also times the block as optimize() compiles it ("optimized": BatchNorm folded, the 1x1s
+merged into one GEMM, ReLU and residual add as convolution post-ops, channels_last).
+
 Each block is timed on the input it gets inside its model at the model's native size (quick mode:
 75x75, BN-Inception 64) with the peer's random weights: CPU fp32 NCHW at batch 8, GPU bf16
 channels_last at batch 64 (training under bf16 autocast). These are the places branch_conv and the
@@ -137,19 +140,33 @@ def _ids(block):
     return f"{block[0]}.{block[1].split(':')[-1]}"
 
 
-@pytest.mark.parametrize("contestant", CONTESTANTS)
+def _optimized(name, path, device, dtype, x):
+    """The block as optimize() compiles it (BN folded, 1x1s merged, post-ops), channels_last."""
+    from inception_fast.optimize import FusedBranches, _compile_module
+
+    block = _module(name, path)
+    net = FusedBranches(block.model.branches(block.spec)) if isinstance(block, _FlatBlock) else \
+        _compile_module(copy.deepcopy(block).eval())
+    net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    return net, x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("contestant", CONTESTANTS + ["optimized"])
 @pytest.mark.parametrize("case", _cases(), ids=_case_id)
 @pytest.mark.parametrize("block", BLOCKS, ids=_ids)
 def test_block_inference(benchmark, block, case, contestant):
     name, path, kind = block
     if contestant == "compile" and not compile_wanted(name):
         pytest.skip("torch.compile is timed for the models INCEPTION_FAST_BENCH_COMPILE names")
-    device, dtype_name, x, net, ref, extra = _setup(name, path, case, contestant, train=False)
+    device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant == "optimized"
+                                                    else contestant, train=False)
     benchmark.group = f"block infer {_ids(block)} [{kind}] {_case_id(case)} in {tuple(x.shape[1:])}"
     with torch.no_grad():
         expected = ref(x)
         del ref
         xd = x.to(getattr(torch, dtype_name))
+        if contestant == "optimized":
+            net, xd = _optimized(name, path, device, getattr(torch, dtype_name), x)
         err = rel_err(net(xd), expected)
         run(benchmark, lambda: net(xd), device, rounds=1 if QUICK else (20 if device == "cuda" else 10),
             contestant=contestant, kind="inference", dtype=dtype_name, rel_err=err, **extra)

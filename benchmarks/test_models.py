@@ -7,7 +7,8 @@ fine-tuning size; BN-Inception at 64, a side it takes). pytest-benchmark runs th
 the other: on a 2-core machine the allocator's and the caches' history moves a contestant by up to
 ~25%, so read ratios under 1.3x as "about even" unless a re-run agrees. GPU: bf16 channels_last inference at batch 1 and 256, AMP (bf16) training at batch
 128. INCEPTION_FAST_BENCH_COMPILE=1 (or a comma-separated list of models) adds torch.compile of the
-reference path (max-autotune on a GPU).
+reference path (max-autotune on a GPU; on the CPU also with freezing). Inference also times
+optimize() (float32 and bf16), ONNX Runtime and OpenVINO (f32 and bf16) on the CPU.
 """
 import copy
 import functools
@@ -19,9 +20,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import QUICK, WITH_COMPILE, compile_wanted, devices, run
 from inception_fast.bench import without_dropout
-from zoo import MODEL_NAMES, model, pair, rel_err, size_of
+from zoo import (INFER_ONLY, MODEL_NAMES, compile_freezing, inference_runner, model, pair, rel_err,
+                 size_of)
 
 CONTESTANTS = ["eager", "fused", "peer"] + (["compile"] if WITH_COMPILE else [])
+INFER_CONTESTANTS = CONTESTANTS + (["compile_freezing"] if WITH_COMPILE else []) + INFER_ONLY
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,11 +58,11 @@ def _case_id(case):
     return f"{device}-{dtype}-{'cl' if cl else 'nchw'}-b{batch}" + (f"-{size}px" if size else "")
 
 
-@pytest.mark.parametrize("contestant", CONTESTANTS)
+@pytest.mark.parametrize("contestant", INFER_CONTESTANTS)
 @pytest.mark.parametrize("case", _cases("infer"), ids=_case_id)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_inference(benchmark, name, case, contestant):
-    if contestant == "compile" and not compile_wanted(name):
+    if contestant.startswith("compile") and not compile_wanted(name):
         pytest.skip("torch.compile is timed for the models INCEPTION_FAST_BENCH_COMPILE names")
     device, dtype_name, channels_last, batch, size = case
     dtype = getattr(torch, dtype_name)
@@ -70,12 +73,19 @@ def test_inference(benchmark, name, case, contestant):
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    net = model(name, contestant, device, dtype, channels_last)
     ref_net = model(name, "eager", device, torch.float32, channels_last)
+    if contestant in INFER_ONLY:  # they take the float32 input, whatever they run in
+        net = inference_runner(pair(name)[0], contestant, device, dtype, channels_last, x)
+    elif contestant == "compile_freezing":
+        if device != "cpu":
+            pytest.skip("freezing is inductor's CPU inference mode")
+        net = compile_freezing(pair(name)[0], device)
+    else:
+        net = model(name, contestant, device, dtype, channels_last)
     with torch.no_grad():
         ref = ref_net(x)
         del ref_net
-        xd = x.to(dtype)
+        xd = x if contestant in INFER_ONLY else x.to(dtype)
 
         def step():
             return net(xd)

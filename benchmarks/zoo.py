@@ -1,14 +1,18 @@
 """The models the model and block benchmarks time: ours with a peer's random weights (the peer as a
 contestant of its own), and each contestant built from them -- the reference path ("eager"), the
-fused path, the peer, torch.compile of the reference path."""
+fused path, the peer, torch.compile of the reference path; for inference also optimize() (float32 and
+bfloat16), torch.compile with freezing, ONNX Runtime and OpenVINO (f32 and bf16), the last two run
+on an ONNX export of the reference path and skipped with the reason when not installed
+(`pip install -e .[bench]`)."""
 import copy
 import importlib
+import io
 
 import pytest
 import torch
 
 from conftest import compiled
-from inception_fast import models
+from inception_fast import models, optimize
 from inception_fast.layers import _PathMixin
 
 # The peer of each model, built with random weights, and the configuration ours copies.
@@ -95,3 +99,58 @@ def size_of(name, size):
     if size is None:
         return pair(name)[0].pretrained_cfg["input_size"][-1]
     return SMALL.get(name, size) if size == 75 else size
+
+
+# Inference-only contestants: what a user would pick instead of (or on top of) the eager model.
+INFER_ONLY = ["optimize", "optimize_bf16", "onnxruntime", "openvino", "openvino_bf16"]
+
+
+def _onnx(module, x):
+    """The reference path of `module` exported to ONNX (TorchScript exporter, opset 17, dynamic batch)."""
+    ref = copy.deepcopy(module).eval()
+    for m in ref.modules():
+        if isinstance(m, _PathMixin):
+            m.fused = False
+    f = io.BytesIO()
+    torch.onnx.export(ref, (x,), f, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return f.getvalue()
+
+
+def inference_runner(module, contestant, device, dtype, channels_last, x):
+    """A callable x -> output (a tensor) for an inference-only contestant, or pytest.skip with why."""
+    if contestant.startswith("optimize"):
+        if device == "cpu" and contestant == "optimize_bf16" and not torch.backends.mkldnn.is_available():
+            pytest.skip("no oneDNN: no bf16 convolutions on this CPU build")
+        run_dtype = torch.bfloat16 if contestant == "optimize_bf16" else dtype
+        if device == "cuda" and contestant == "optimize_bf16":
+            pytest.skip("on a GPU the case's dtype is already bf16: see 'optimize'")
+        net = optimize(module.to(device), dtype=run_dtype, channels_last=True)
+        return net
+    if device != "cpu":
+        pytest.skip(f"{contestant} is a CPU contestant")
+    if contestant == "onnxruntime":
+        ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install -e .[bench])")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(_onnx(module, x), so, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    if contestant.startswith("openvino"):
+        ov = pytest.importorskip("openvino", reason="OpenVINO not installed (pip install -e .[bench])")
+        core = ov.Core()
+        hint = "bf16" if contestant == "openvino_bf16" else "f32"
+        compiled_model = core.compile_model(core.read_model(io.BytesIO(_onnx(module, x)).getvalue()), "CPU",
+                                            {"INFERENCE_PRECISION_HINT": hint})
+        request = compiled_model.create_infer_request()
+        return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+    raise ValueError(contestant)
+
+
+def compile_freezing(module, device):
+    """torch.compile of the reference path with inductor's freezing (BN folded, weights prepacked:
+    the torch.compile a CPU inference user would run), channels_last."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    net = contestant_of(module, "eager", device, channels_last=True)
+    return torch.compile(net)

@@ -1,6 +1,6 @@
 """How fast the six models run on this machine, and the tables and charts of benchmark results.
 
-    inception-fast bench                       # eager vs inception_fast, inference and a training step
+    inception-fast bench                       # eager vs inception_fast (fused; inference: also optimize())
     inception-fast bench --models inception_v3 --batch 32 --rounds 10 --json out.json
     inception-fast bench --compile             # and torch.compile of the reference path (max-autotune on a GPU)
     inception-fast report results.json         # Markdown table + PNG chart (ours or pytest-benchmark's JSON)
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 # A small input each model takes for the training step (BN-Inception takes sides 32k-1 .. 32k+6).
 SMALL_SIZE = {"bn_inception": 64}
 DEFAULT_SMALL = 75
-CONTESTANTS = ("eager", "fused")  # and "compile" when asked for: torch.compile of the reference path
+# Both passes; inference adds "optimized" (optimize(model)), and --compile adds "compile" (torch.compile
+# of the reference path).
+CONTESTANTS = ("eager", "fused")
 
 
 @dataclasses.dataclass
@@ -131,7 +133,13 @@ def _interleaved(fns: dict, rounds: int, device: str) -> dict:
 
 def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size: int, rounds: int,
                     channels_last: bool = False, contestants=CONTESTANTS) -> list[Result]:
-    nets = {c: n.eval().to(dtype) for c, n in _build(name, device, channels_last, contestants).items()}
+    from inception_fast import optimize
+
+    built = _build(name, device, channels_last, contestants)
+    # optimize() folds the float32 weights, then runs in dtype (before .to(dtype) converts in place)
+    optimized = optimize(built["eager"].eval(), dtype=dtype)
+    nets = {c: n.eval().to(dtype) for c, n in built.items()}
+    nets["optimized"] = optimized
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -269,7 +277,7 @@ def _rows(results: list[Result]):
 
 
 def markdown_table(results: list[Result], machine: dict | None = None) -> str:
-    contestants = [c for c in ("eager", "peer", "compile", "fused") if any(r.contestant == c for r in results)]
+    contestants = [c for c in ("eager", "peer", "compile", "fused", "optimized") if any(r.contestant == c for r in results)]
     contestants += sorted({r.contestant for r in results} - set(contestants))
     others = [c for c in contestants if c != "eager"]
     head = ["model", "pass", "setting"] + [f"{c} img/s" for c in contestants] + \

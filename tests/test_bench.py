@@ -20,7 +20,8 @@ def test_bench_runs_both_paths_and_records_the_machine(tmp_path):
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["device"] == "cpu"
     assert data["settings"]["order"] == "interleaved"
     rows = {(r["kind"], r["contestant"]): r for r in data["results"]}
-    assert set(rows) == {(k, c) for k in ("inference", "training step") for c in ("eager", "fused")}
+    assert set(rows) == {(k, c) for k in ("inference", "training step") for c in ("eager", "fused")} | {
+        ("inference", "optimized")}
     for (kind, contestant), r in rows.items():
         assert r["seconds"] > 0 and r["images_per_s"] == pytest.approx(r["batch"] / r["seconds"])
         assert r["size"] == 32 and r["batch"] == 2
@@ -34,7 +35,8 @@ def test_bench_compile_contestant(tmp_path, capsys):
                        "--only", "inference", "--compile", "--json", str(out), "--no-progress"]) == 0
     data = json.loads(out.read_text())
     rows = {r["contestant"]: r for r in data["results"]}
-    assert set(rows) == {"eager", "fused", "compile"} and data["settings"]["contestants"] == ["eager", "fused", "compile"]
+    assert set(rows) == {"eager", "fused", "compile", "optimized"}
+    assert data["settings"]["contestants"] == ["eager", "fused", "compile"]
     assert 0.0 <= rows["compile"]["rel_err"] < 1e-4
     table = capsys.readouterr().out
     assert "compile vs eager" in table and "compile rel. err" in table and "fused rel. err" in table
