@@ -170,3 +170,17 @@ def test_bad_use_is_refused():
     no_stats.conv1.bn.running_var = None
     with pytest.raises(ValueError, match="running statistics"):
         optimize(no_stats)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_optimized_matches_peer_cuda(case, dtype):
+    peer, ours = pair(case)
+    x = torch.randn(4, 3, case.native, case.native, device="cuda")
+    with torch.no_grad():
+        ref = copy.deepcopy(peer).cuda()(x)
+    y = optimize(copy.deepcopy(ours).cuda(), dtype=dtype)(x)
+    assert y.dtype == torch.float32 and y.device == x.device
+    # float32 convolutions on cuDNN may run in TF32 (torch's default for cuDNN), in the peer too
+    assert rel_err(y, ref) < (5e-3 if dtype == torch.float32 else 2e-2)
