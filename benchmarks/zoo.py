@@ -125,8 +125,8 @@ def inference_runner(module, contestant, device, dtype, channels_last, x):
         run_dtype = torch.bfloat16 if contestant == "optimize_bf16" else dtype
         if device == "cuda" and contestant == "optimize_bf16":
             pytest.skip("on a GPU the case's dtype is already bf16: see 'optimize'")
-        net = optimize(module.to(device), dtype=run_dtype, channels_last=True)
-        return net
+        # a copy: the shared model stays on the CPU for the other contestants and the FLOP count
+        return optimize(copy.deepcopy(module).to(device), dtype=run_dtype, channels_last=True)
     if device != "cpu":
         pytest.skip(f"{contestant} is a CPU contestant")
     if contestant == "onnxruntime":
