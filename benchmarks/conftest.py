@@ -52,9 +52,10 @@ def compile_wanted(model: str | None = None) -> bool:
 
 
 def compiled(fn, device: str):
-    """torch.compile as users reach for it: max-autotune on a GPU, the default on the CPU (where
-    max-autotune's template search takes minutes per model for a few percent)."""
-    return torch.compile(fn, mode="max-autotune" if device == "cuda" else None)
+    """torch.compile as `inception-fast bench --compile` runs it (max-autotune on a GPU)."""
+    from inception_fast.bench import compile_as_users_do
+
+    return compile_as_users_do(fn, device)
 
 
 def devices():

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import attainable_peak  # noqa: E402
-from zoo import _onnx, pair  # noqa: E402
+from zoo import onnx_export, pair  # noqa: E402
 
 from inception_fast import models, optimize  # noqa: E402
 
@@ -40,7 +40,7 @@ def contestants(model, x, with_compile):
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(_onnx(model, x), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(onnx_export(model, x), so, providers=["CPUExecutionProvider"])
         out["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
     except ImportError:
         print("onnxruntime not installed: skipped (pip install -e .[bench])")
@@ -48,7 +48,7 @@ def contestants(model, x, with_compile):
         import openvino as ov
 
         core = ov.Core()
-        onnx = _onnx(model, x)
+        onnx = onnx_export(model, x)
         for hint in ("f32", "bf16"):
             req = core.compile_model(core.read_model(onnx), "CPU", {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
             out["openvino" + ("_bf16" if hint == "bf16" else "")] = \

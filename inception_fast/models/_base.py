@@ -152,7 +152,7 @@ class InceptionModel(nn.Module):
         self.pretrained_cfg["num_classes"] = self.num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define forward_features (every model here does)")
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = getattr(self, self._pool_attr)(x)
