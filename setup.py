@@ -55,6 +55,7 @@ def _cuda_include_dirs():
 def extensions():
     cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp")]
                        + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+                       + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp"))
                        + glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-DTORCH_EXTENSION_NAME=_C"]

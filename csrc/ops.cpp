@@ -32,6 +32,13 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "bn_relu_backward_elemt(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, Tensor? sum_dz, Tensor? sum_dz_xmu, int count) -> Tensor");
+  // A training step's forward of bn_relu in one call: the batch statistics of x (bn_stats), the
+  // running statistics updated in place when given (running = (1 - momentum) * running + momentum
+  // * batch, the variance unbiased, as nn.BatchNorm2d does), then bn_relu_apply with them. Defined
+  // in terms of those ops (CompositeImplicitAutograd), so its gradient is bn_relu_apply's.
+  m.def(
+      "bn_relu_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps) -> Tensor");
   // y = act(x + scale * residual), act = ReLU if relu else identity; any shape, x and
   // residual of the same shape, dtype and memory format.
   m.def("scaled_residual_add(Tensor x, Tensor residual, float scale, bool relu) -> Tensor");
@@ -40,4 +47,12 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "scaled_residual_add_backward(Tensor grad_out, Tensor out, float scale, bool relu) "
       "-> (Tensor grad_x, Tensor grad_residual)");
+  // y = conv2d(x, weight, bias) for a [O, C, 1, 1] weight (stride 1, no padding, one group), as one
+  // GEMM: channels_last output for a channels_last x (or a 1x1 map), NCHW for an NCHW x.
+  m.def("conv1x1(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // The gradients of conv1x1 that output_mask asks for (x, weight, bias), undefined otherwise; with
+  // output_mask[1] false, x's values are not read (only its shape and layout).
+  m.def(
+      "conv1x1_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

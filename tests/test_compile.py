@@ -61,5 +61,7 @@ def test_compiled_graph_calls_the_custom_ops():
     assert counter.frame_count == 1
     targets = {str(n.target).removesuffix(".default") for g in counter.graphs for n in g.graph.nodes
                if n.op == "call_function"}
-    assert {"inception_fast.bn_stats", "inception_fast.bn_relu_apply", "inception_fast.scaled_residual_add"} <= targets
+    # Training: BatchNorm + ReLU as the one-call bn_relu_train (bn_stats + bn_relu_apply inside), the
+    # 1x1 convs as conv1x1, the residual as scaled_residual_add.
+    assert {"inception_fast.bn_relu_train", "inception_fast.conv1x1", "inception_fast.scaled_residual_add"} <= targets
     assert not any("batch_norm" in t or "relu" == t.split(".")[-1] for t in targets), targets

@@ -121,31 +121,60 @@ def test_bf16_autocast_and_channels_last():
     assert m.bn.weight.grad is not None and m.bn.weight.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("kernel,padding,stride,bias", [(1, 0, 1, False), ((1, 3), (0, 1), 1, False),
-                                                        ((3, 1), (1, 0), 1, True), (3, 1, 1, False), (3, 1, 2, True)])
-def test_conv2d_fast_on_a_1x1_map(kernel, padding, stride, bias):
-    # On a 1x1 map the fused path's conv is a matrix product with the centre tap: the conv's numbers
-    # and gradients (the other taps get zero gradient, as they touch only padding).
-    from inception_fast.layers import _single_tap, conv2d_fast
+@pytest.mark.parametrize("kernel,padding,stride,bias,hw", [
+    (1, 0, 1, False, (1, 1)), ((1, 3), (0, 1), 1, False, (1, 1)), ((3, 1), (1, 0), 1, True, (1, 1)),
+    (3, 1, 1, False, (1, 1)), (3, 1, 2, True, (1, 1)),        # a 1x1 map: one tap of the kernel
+    (1, 0, 1, True, (3, 5)), (1, 0, 1, False, (7, 7)),          # 1x1 convs on larger maps
+    (3, 1, 1, False, (5, 4)), ((1, 7), (0, 3), 1, True, (3, 3)), (3, 0, 2, False, (7, 7)),  # k x k: the conv
+])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_conv2d_fast_is_the_conv(kernel, padding, stride, bias, hw, layout):
+    # The fused path's conv: a GEMM where it is one (1x1 convs; any conv on a 1x1 map, which touches
+    # only one tap), oneDNN's convolution elsewhere, channels_last throughout. The conv's numbers
+    # and gradients either way (the unused taps get zero gradient, as they touch only padding).
+    from inception_fast.layers import conv2d_fast
 
     conv = torch.nn.Conv2d(37, 23, kernel, stride=stride, padding=padding, bias=bias).double()
-    x = torch.randn(5, 37, 1, 1, dtype=torch.float64, requires_grad=True)
-    assert _single_tap(conv, x) is not None
+    x = torch.randn(5, 37, *hw, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last if layout == "cl" else torch.contiguous_format)
+    x.requires_grad_()
     y_ref = conv(x)
     y = conv2d_fast(conv, x)
     assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-12)
+    assert y.is_contiguous(memory_format=torch.channels_last)
     g = torch.randn_like(y_ref)
     params = [x, conv.weight] + ([conv.bias] if bias else [])
     for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(y_ref, params, g)):
         assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_conv2d_fast_leaves_other_maps_to_the_conv():
-    from inception_fast.layers import _single_tap
+def test_conv2d_fast_takes_the_gemm_where_there_is_one():
+    from inception_fast.layers import _gemm_weight
 
-    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
-    assert _single_tap(conv, torch.randn(2, 8, 2, 1)) is None
-    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, dilation=2), torch.randn(2, 8, 1, 1)) is None
-    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.randn(2, 8, 1, 1)) is None
-    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), torch.randn(2, 8, 1, 1)) is None
-    assert _single_tap(torch.nn.Conv2d(8, 8, 3, padding="same"), torch.randn(2, 8, 1, 1)) is None
+    one = torch.randn(2, 8, 1, 1)
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 1), torch.randn(2, 8, 5, 5)) is not None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding=1), one) is not None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding=1), torch.randn(2, 8, 2, 1)) is None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 1, stride=2), torch.randn(2, 8, 4, 4)) is None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding=1, dilation=2), one) is None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), one) is None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), one) is None
+    assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding="same"), one) is None
+
+
+def test_fused_path_keeps_kxk_weights_channels_last_in_place():
+    # Done once, on the parameter itself: same values, same object (an optimizer holding it keeps
+    # it), same state_dict; 1x1 weights are left alone (both layouts are the same memory).
+    layer = ConvBNReLU(6, 5, kernel_size=3, padding=1)
+    point = ConvBNReLU(6, 5, kernel_size=1)
+    weight, before = layer.conv.weight, layer.conv.weight.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    layer.train()(torch.randn(2, 6, 4, 4)).sum().backward()
+    opt.step()
+    assert layer.conv.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(weight.detach(), before)  # trained through the optimizer that held it
+    point(torch.randn(2, 6, 4, 4))
+    assert point.conv.weight.is_contiguous()
+    restored = ConvBNReLU(6, 5, kernel_size=3, padding=1)
+    restored.load_state_dict(layer.state_dict())
+    assert torch.equal(restored.conv.weight, layer.conv.weight)

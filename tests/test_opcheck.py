@@ -39,3 +39,19 @@ def test_opcheck(device, backend, dtype, layout, op):
     overload = getattr(namespace(backend), op)  # the .default OpOverload
     for args in _samples(device, dtype, layout)[op]:
         torch.library.opcheck(overload, args)
+
+
+@pytest.mark.parametrize("device", sorted({d for d, b in KERNEL_BACKENDS if b != "triton"}))
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"), (torch.float32, "cl"), (torch.bfloat16, "cl")])
+def test_opcheck_bn_relu_train(device, dtype, layout):
+    # The C++ namespace's one-call training forward (the running statistics mutated in place).
+    C = 5
+    x = rand_act((3, C, 4, 6), dtype, layout, device)
+    f = dict(device=device, dtype=torch.float32)
+    w, b = torch.rand(C, **f) + 0.5, torch.randn(C, **f)
+    rm, rv = torch.randn(C, **f), torch.rand(C, **f) + 0.5
+    overload = namespace("cpu").bn_relu_train
+    for args in [(x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(), rm.clone(),
+                  rv.clone(), 0.1, 1e-5),
+                 (x.clone().requires_grad_(), None, None, None, None, 0.1, 1e-3)]:
+        torch.library.opcheck(overload, args)

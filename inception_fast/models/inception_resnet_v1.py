@@ -81,7 +81,7 @@ class Block35(_ResidualBlock):
 
     def forward(self, x):
         out = torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-        return self.residual(x, self.conv2d(out))
+        return self.residual(x, self.project(out))
 
 
 class Block17(_ResidualBlock):
@@ -101,7 +101,7 @@ class Block17(_ResidualBlock):
 
     def forward(self, x):
         out = torch.cat((self.branch0(x), self.branch1(x)), 1)
-        return self.residual(x, self.conv2d(out))
+        return self.residual(x, self.project(out))
 
 
 class Block8(_ResidualBlock):
@@ -122,7 +122,7 @@ class Block8(_ResidualBlock):
 
     def forward(self, x):
         out = torch.cat((self.branch0(x), self.branch1(x)), 1)
-        return self.residual(x, self.conv2d(out))
+        return self.residual(x, self.project(out))
 
 
 class Mixed_6a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)

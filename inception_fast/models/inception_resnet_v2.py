@@ -72,7 +72,7 @@ class Block35(ResidualBlock):
         self.residual = ScaledResidual(scale, relu=True)
 
     def forward(self, x):
-        out = self.conv2d(torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1))
+        out = self.project(torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1))
         return self.residual(x, out)
 
 
@@ -108,7 +108,7 @@ class Block17(ResidualBlock):
         self.residual = ScaledResidual(scale, relu=True)
 
     def forward(self, x):
-        out = self.conv2d(torch.cat((self.branch0(x), self.branch1(x)), 1))
+        out = self.project(torch.cat((self.branch0(x), self.branch1(x)), 1))
         return self.residual(x, out)
 
 
@@ -152,7 +152,7 @@ class Block8(ResidualBlock):
         self.residual = ScaledResidual(scale, relu=not no_relu)
 
     def forward(self, x):
-        out = self.conv2d(torch.cat((self.branch0(x), self.branch1(x)), 1))
+        out = self.project(torch.cat((self.branch0(x), self.branch1(x)), 1))
         return self.residual(x, out)
 
 

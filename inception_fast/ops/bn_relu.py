@@ -214,6 +214,9 @@ def bn_relu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     acc = acc_dtype(x.dtype)
     w = weight.to(acc) if weight is not None else None
     b = bias.to(acc) if bias is not None else None
+    if training and process_group is None and backend != "triton":
+        # The C++ kernels: statistics, running-stat update and apply in one call (bn_relu_train).
+        return ops.bn_relu_train(x, w, b, running_mean, running_var, float(momentum), float(eps))
     if not training:
         mean = running_mean.to(acc)
         invstd = torch.rsqrt(running_var.to(acc) + eps)
