@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import _PathMixin, bn_relu_module
+from inception_fast.layers import _PathMixin, bn_relu_module, conv2d_fast
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -168,11 +168,10 @@ class BNInception(_PathMixin, InceptionModel):
         optimized = self._modules.get(name + OPTIMIZED_SUFFIX)
         if optimized is not None:
             return optimized(x)
-        x = getattr(self, name)(x)
         bn = getattr(self, name + "_bn")
         if self._use_fused():
-            return bn_relu_module(bn, x, self.training)
-        return getattr(self, self._relu_of[name])(bn(x))
+            return bn_relu_module(bn, conv2d_fast(getattr(self, name), x), self.training)
+        return getattr(self, self._relu_of[name])(bn(getattr(self, name)(x)))
 
     def _block(self, x: torch.Tensor, b: InceptionBlock) -> torch.Tensor:
         optimized = self._modules.get(b.name + OPTIMIZED_SUFFIX)
