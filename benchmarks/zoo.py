@@ -13,7 +13,7 @@ import torch
 
 from conftest import compiled
 from inception_fast import models, optimize
-from inception_fast.layers import _PathMixin
+from inception_fast.layers import _PathMixin, set_conv_weight_layout
 
 # The peer of each model, built with random weights, and the configuration ours copies.
 PEERS = {
@@ -76,6 +76,7 @@ def contestant_of(module, contestant, device, dtype=torch.float32, channels_last
     for m in net.modules():
         if isinstance(m, _PathMixin):
             m.fused = contestant == "fused"
+    set_conv_weight_layout(net, channels_last=contestant == "fused")  # as model.set_fused does
     net = net.to(device=device, dtype=dtype)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

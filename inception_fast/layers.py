@@ -89,23 +89,26 @@ def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     parameters, same gradients."""
     if x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
-    # (Before the tap is sliced: a tap of a channels_last weight is a GEMM operand as it is.)
-    _weight_channels_last(conv)
     w = _gemm_weight(conv, x) if x.dim() == 4 else None
     return conv(x) if w is None else conv1x1(x, w, conv.bias)
 
 
-def _weight_channels_last(conv: nn.Conv2d) -> None:
-    """Keep a k x k weight in channels_last, as model.to(memory_format=torch.channels_last) does
-    (same values, same state_dict): with a channels_last input and an NCHW weight, ATen reorders
-    the weight on every forward and twice in the backward (measured: 35 ms of a 300 ms training
-    step of Inception-ResNet-v2 at 75x75). Done once, in place of the parameter's storage; an
-    optimizer holding the parameter keeps holding it."""
-    w = conv.weight
-    if w.dim() == 4 and w.shape[-2:] != (1, 1) and not w.is_contiguous(memory_format=torch.channels_last) \
-            and not torch.compiler.is_compiling():
-        with torch.no_grad():
-            w.data = w.data.contiguous(memory_format=torch.channels_last)
+def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:
+    """Put the weight of every k x k nn.Conv2d of `module` in channels_last (True) or NCHW (False),
+    in place (same parameter objects, same values, same state_dict), as
+    module.to(memory_format=...) does for them. The fused path wants channels_last: with a
+    channels_last input and an NCHW weight ATen reorders the weight on every forward and twice in
+    every backward (35 ms of a 300 ms Inception-ResNet-v2 training step at 75x75). Like any change of
+    a parameter's layout, do it before wrapping the model in DistributedDataParallel, whose gradient
+    buckets follow the layout the parameters had when it was built. (1x1 weights are left alone:
+    the GEMM takes either.)"""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4 and m.weight.shape[-2:] != (1, 1) \
+                    and not m.weight.is_contiguous(memory_format=fmt):
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+    return module
 
 
 def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -118,7 +121,7 @@ def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, trainin
     use_batch_stats = training or (bn.running_mean is None and bn.running_var is None)
     track = not training or bn.track_running_stats
     process_group = None
-    if isinstance(bn, nn.SyncBatchNorm) and use_batch_stats:
+    if (isinstance(bn, nn.SyncBatchNorm) or getattr(bn, "_inception_fast_sync", False)) and use_batch_stats:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -127,6 +130,20 @@ def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, trainin
                 process_group = group
     return bn_relu(x, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
                    use_batch_stats, factor, bn.eps, process_group=process_group)
+
+
+def sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Make every BatchNorm2d of `module` combine its batch statistics across the processes of
+    `process_group` (default: the whole world) on the fused path: nn.SyncBatchNorm's semantics,
+    without converting the modules (DistributedDataParallel accepts nn.SyncBatchNorm only on GPUs;
+    the fused bn_relu all-reduces its sums on any backend, gloo included). Same module names, same
+    state_dict. The reference path does not synchronise: use nn.SyncBatchNorm.convert_sync_batchnorm
+    there. Returns module."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d) and not isinstance(m, nn.SyncBatchNorm):
+            m._inception_fast_sync = True
+            m.process_group = process_group
+    return module
 
 
 class ScaledResidual(_PathMixin, nn.Module):

@@ -162,19 +162,36 @@ def test_conv2d_fast_takes_the_gemm_where_there_is_one():
     assert _gemm_weight(torch.nn.Conv2d(8, 8, 3, padding="same"), one) is None
 
 
-def test_fused_path_keeps_kxk_weights_channels_last_in_place():
-    # Done once, on the parameter itself: same values, same object (an optimizer holding it keeps
-    # it), same state_dict; 1x1 weights are left alone (both layouts are the same memory).
-    layer = ConvBNReLU(6, 5, kernel_size=3, padding=1)
-    point = ConvBNReLU(6, 5, kernel_size=1)
-    weight, before = layer.conv.weight, layer.conv.weight.detach().clone()
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
-    layer.train()(torch.randn(2, 6, 4, 4)).sum().backward()
+def test_set_conv_weight_layout_in_place():
+    # In place, on the parameters themselves: same values, same objects (an optimizer holding them
+    # keeps them), same state_dict; 1x1 weights are left alone (the GEMM takes either layout).
+    from inception_fast.layers import set_conv_weight_layout
+
+    block = nn.Sequential(ConvBNReLU(6, 5, kernel_size=3, padding=1), ConvBNReLU(5, 4, kernel_size=1))
+    weight, before = block[0].conv.weight, block[0].conv.weight.detach().clone()
+    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
+    set_conv_weight_layout(block, channels_last=True)
+    assert block[0].conv.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(weight.detach(), before)
+    assert block[1].conv.weight.is_contiguous()
+    block.train()(torch.randn(2, 6, 4, 4)).sum().backward()
     opt.step()
-    assert layer.conv.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(weight.detach(), before)  # trained through the optimizer that held it
-    point(torch.randn(2, 6, 4, 4))
-    assert point.conv.weight.is_contiguous()
-    restored = ConvBNReLU(6, 5, kernel_size=3, padding=1)
-    restored.load_state_dict(layer.state_dict())
-    assert torch.equal(restored.conv.weight, layer.conv.weight)
+    restored = nn.Sequential(ConvBNReLU(6, 5, kernel_size=3, padding=1), ConvBNReLU(5, 4, kernel_size=1))
+    restored.load_state_dict(block.state_dict())
+    assert torch.equal(restored[0].conv.weight, block[0].conv.weight)
+    set_conv_weight_layout(block, channels_last=False)
+    assert weight.is_contiguous() and torch.equal(restored[0].conv.weight, weight)
+
+
+def test_model_set_fused_sets_the_weight_layout():
+    from inception_fast.models import create_model
+
+    m = create_model("googlenet", num_classes=3, aux_logits=False, init_weights=False)
+    kxk = m.conv1.conv.weight
+    assert kxk.is_contiguous()  # built as the peer builds it
+    assert m.set_fused(True) is m and kxk.is_contiguous(memory_format=torch.channels_last)
+    m.set_fused(None)
+    assert kxk.is_contiguous(memory_format=torch.channels_last)  # None: the path only
+    m.set_fused(False)
+    assert kxk.is_contiguous()

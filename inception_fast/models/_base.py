@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import _PathMixin
+from inception_fast.layers import _PathMixin, set_conv_weight_layout
 
 # timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
@@ -165,12 +165,19 @@ class InceptionModel(nn.Module):
     # -- the two paths ------------------------------------------------------------------------
     def set_fused(self, enabled: bool | None):
         """Run every layer of this model on the fused (True) or reference (False) path; None hands
-        the choice back to the global setting (inception_fast.use_fused / set_fused). Returns self."""
+        the choice back to the global setting (inception_fast.use_fused / set_fused). Returns self.
+
+        True also puts the k x k convolution weights in channels_last, the fused path's layout, and
+        False back in NCHW (in place: same parameters, same values, same state_dict; see
+        layers.set_conv_weight_layout). Call it before wrapping the model in
+        DistributedDataParallel, as any change of a parameter's layout."""
         if enabled is not None and not isinstance(enabled, bool):
             raise TypeError(f"set_fused takes True, False or None, got {enabled!r}")
         for m in self.modules():
             if isinstance(m, _PathMixin):
                 m.fused = enabled
+        if enabled is not None:
+            set_conv_weight_layout(self, channels_last=enabled)
         return self
 
     # -- input checks -------------------------------------------------------------------------
