@@ -198,7 +198,7 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise ValueError(f"{path} is not an inception-fast training checkpoint (no 'model'/'model_name'); for a "
                          "peer's weights use --pretrained")
