@@ -4,7 +4,8 @@
 
 1. builds the extension in place for this GPU (TORCH_CUDA_ARCH_LIST = its capability);
 2. runs every test that touches the GPU (`pytest tests/ -k cuda`: the CUDA and Triton kernels against
-   the float64 references, opcheck, compile, the models against their peers on the GPU);
+   the float64 references, opcheck, compile, the models against their peers on the GPU), then a short
+   training run (`inception_fast.train` on the built-in demo data, bf16, two epochs);
 3. times the GPU benchmarks (`pytest benchmarks/`: the ops against the copy bandwidth; one block of
    each kind; the six models in bf16 channels_last at batch 1 and 256 and an AMP training step at
    batch 128), eager vs inception_fast, and torch.compile(mode="max-autotune") of the reference path
@@ -67,6 +68,12 @@ def plan(out: Path, env: dict, skip_build: bool = False, bench: bool = True,
                       "kernels.log"))
     steps.append(Step("tests", [py, "-m", "pytest", "tests/", "-q", "-p", "no:cacheprovider", "-k", "cuda", "-rf",
                                 f"--junitxml={out / 'tests.xml'}"], "tests.log"))
+    # A training run end to end on the GPU (the built-in demo data, bf16 autocast, the fused path,
+    # DataLoader workers): the training command's GPU path, which the CPU CI cannot run.
+    steps.append(Step("training run", [py, "-m", "inception_fast.train", "--model", "inception_v3", "--img-size", "96",
+                                       "--epochs", "2", "--batch-size", "32", "--amp", "bf16", "--device", "cuda",
+                                       "--channels-last", "--no-progress", "--out", str(out / "train")],
+                      "train.log"))
     if bench:
         benv = {"INCEPTION_FAST_BENCH_DEVICE": "cuda"}
         if compile_ and compile_ != "none":

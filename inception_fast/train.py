@@ -91,6 +91,9 @@ RECIPES: dict[str, dict[str, Recipe]] = {
 FINETUNE = Recipe("adamw", 1e-3, 1e-4, schedule="cosine", warmup_epochs=1.0, min_area=0.35, photometric=0.1)
 
 
+DEMO_SIZE = 96  # the built-in demo data set's image side
+
+
 def recipe_for(name: str, model: str) -> Recipe:
     if name == "finetune":
         return FINETUNE
@@ -318,7 +321,7 @@ def train(args) -> dict:
     if data_root is None:
         data_root = out / "demo-data"
         if d.main:
-            make_demo_data(data_root, seed=args.seed)
+            make_demo_data(data_root, size=DEMO_SIZE, seed=args.seed)
             print(f"no --data: training on the built-in demo data set (drawn shapes, 3 classes, generated in "
                   f"{data_root}) -- a demo that the run works, not a benchmark")
         if d.world > 1:
@@ -494,7 +497,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="image folder: DIR/train + DIR/val, or DIR/<class>/* split by "
                                                 "--val-split (default: the built-in demo data set)")
     p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--img-size", type=int, default=None, help="training side (default: the model's native)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="training side (default: the model's native; 96 for the demo data)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun processes)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
@@ -528,7 +532,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def finish_train_args(args) -> argparse.Namespace:
     if args.img_size is None:
-        args.img_size = _native_size(args.model)
+        # The demo data's own side (its images are 96 px) when there is no --data, else the model's native.
+        args.img_size = DEMO_SIZE if args.data is None else _native_size(args.model)
     if args.amp is None:
         args.amp = "bf16" if _device(args.device).type == "cuda" else "off"
     if args.batch_size < 1:

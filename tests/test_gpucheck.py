@@ -20,15 +20,16 @@ def test_without_a_gpu_it_says_so_and_fails(tmp_path, capsys):
 
 def test_plan(tmp_path):
     steps = gpucheck.plan(tmp_path, ENV)
-    assert [s.name for s in steps] == ["build", "kernels present", "tests", "benchmarks"]
+    assert [s.name for s in steps] == ["build", "kernels present", "tests", "training run", "benchmarks"]
     assert steps[0].env["TORCH_CUDA_ARCH_LIST"] == "9.0" and steps[0].env["FORCE_CUDA"] == "1"
     assert "-k" in steps[2].command and "cuda" in steps[2].command
-    assert steps[3].env == {"INCEPTION_FAST_BENCH_DEVICE": "cuda", "INCEPTION_FAST_BENCH_COMPILE": "inception_v3"}
+    assert "inception_fast.train" in steps[3].command and "cuda" in steps[3].command
+    assert steps[4].env == {"INCEPTION_FAST_BENCH_DEVICE": "cuda", "INCEPTION_FAST_BENCH_COMPILE": "inception_v3"}
     steps = gpucheck.plan(tmp_path, ENV, skip_build=True, bench=True, compile_="all")
-    assert [s.name for s in steps] == ["kernels present", "tests", "benchmarks"]
+    assert [s.name for s in steps] == ["kernels present", "tests", "training run", "benchmarks"]
     assert steps[-1].env["INCEPTION_FAST_BENCH_COMPILE"] == "all"
     assert "INCEPTION_FAST_BENCH_COMPILE" not in gpucheck.plan(tmp_path, ENV, compile_="none")[-1].env
-    assert [s.name for s in gpucheck.plan(tmp_path, ENV, bench=False)][-1] == "tests"
+    assert [s.name for s in gpucheck.plan(tmp_path, ENV, bench=False)][-1] == "training run"
 
 
 def _junit(path: Path):
@@ -73,7 +74,7 @@ def _run(tmp_path, status):
 
 def test_a_passing_run(tmp_path):
     runner, (text, ok) = _run(tmp_path, {})
-    assert ok and runner.ran == ["build", "kernels present", "tests", "benchmarks"]
+    assert ok and runner.ran == ["build", "kernels present", "tests", "training run", "benchmarks"]
     assert text.startswith("# GPU check: PASSED") and "NVIDIA H100" in text
     assert "bn_relu fused 0.1" in text and "benchmark 'x'" not in text
     assert (tmp_path / "summary.md").read_text() == text
