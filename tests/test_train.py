@@ -230,3 +230,23 @@ def test_augmentation_is_the_same_for_a_sample_whoever_loads_it(tiny):
     assert torch.equal(a[4][0], b[4][0])
     b.set_epoch(3)
     assert not torch.equal(a[4][0], b[4][0])
+
+
+def test_pretrained_from_a_peer_or_our_checkpoint_resets_the_classifier(tiny, tmp_path):
+    # A peer's state_dict (torchvision's GoogLeNet, 1000 classes) and one of our training checkpoints
+    # (3 classes) both start a run on the 3-class folder: the features load, the classifier is the
+    # data's size.
+    import torchvision
+
+    torch.manual_seed(0)
+    peer = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    torch.save(peer.state_dict(), tmp_path / "peer.pth")
+    args = _args(tmp_path, tiny, epochs=1, pretrained=str(tmp_path / "peer.pth"), lr=1e-12)
+    model = train.build_model(args, 3, train.recipe_for("finetune", "googlenet"))
+    assert torch.equal(model.conv1.conv.weight, peer.conv1.conv.weight)
+    assert model.fc.out_features == 3
+    train.train(args)
+    ours = Path(args.out) / "last.pt"
+    again = train.build_model(_args(tmp_path / "b", tiny, pretrained=str(ours)), 3, train.recipe_for("finetune", "googlenet"))
+    saved = torch.load(ours, weights_only=True)["model"]
+    assert torch.equal(again.fc.weight, saved["fc.weight"])  # same classes: the classifier loads too
