@@ -16,6 +16,7 @@
 """
 from inception_fast.models._base import GlobalPool2d, InceptionModel
 from inception_fast.models._registry import create_model, list_models, register_model
+from inception_fast.models._timm import register_timm
 from inception_fast.models._weights import load_pretrained, load_weights
 from inception_fast.models.bn_inception import BNInception, bn_inception
 from inception_fast.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
@@ -28,5 +29,5 @@ __all__ = [
     "BNInception", "GlobalPool2d", "GoogLeNet", "GoogLeNetOutputs", "Inception3", "InceptionModel",
     "InceptionOutputs", "InceptionResnetV1", "InceptionResnetV2", "InceptionV4", "bn_inception", "create_model",
     "googlenet", "inception_resnet_v1", "inception_resnet_v2", "inception_v3", "inception_v4", "list_models",
-    "load_pretrained", "load_weights", "register_model",
+    "load_pretrained", "load_weights", "register_model", "register_timm",
 ]

@@ -162,6 +162,88 @@ class InceptionModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- intermediate features (timm's feature_info / forward_intermediates) -------------------
+    # The layers of forward_features in order (module names; the auxiliary heads are not among them)
+    # and the stage outputs timm's feature extraction reports: (module, channels, reduction).
+    layer_names: ClassVar[tuple[str, ...]] = ()
+    feature_taps: ClassVar[tuple[tuple[str, int, int], ...]] = ()
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's record of the stage features: num_chs, reduction (input side / map side) and
+        module, one per stage, in forward order."""
+        return [{"num_chs": c, "reduction": r, "module": m} for m, c, r in self.feature_taps]
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What forward_features does before its first layer (checks; transform_input where the
+        model has it)."""
+        self.check_input(x)
+        return x
+
+    def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule(name)(x)
+
+    def _take_indices(self, indices) -> tuple[list[int], int]:
+        n = len(self.feature_taps)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"{type(self).__name__} has {n} feature stages; indices={indices} asks for the last "
+                                 f"{indices}")
+            take = list(range(n - indices, n))
+        else:
+            take = [i + n if i < 0 else i for i in indices]
+            if not take or any(not 0 <= i < n for i in take):
+                raise ValueError(f"feature indices {list(indices)} out of range for {n} stages")
+        return take, max(take)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's forward_intermediates: the final feature map and the stage outputs `indices` asks
+        for (None: all, an int n: the last n, a list: those; see feature_info), or only the latter.
+        stop_early stops after the last one asked for. norm has no effect (no final norm layer).
+        The auxiliary heads are not run."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = self._take_indices(indices)
+        ends = [self.layer_names.index(m) for m, _, _ in self.feature_taps]
+        wanted = {ends[i] for i in take}
+        names = self.layer_names[: ends[last] + 1] if stop_early or intermediates_only else self.layer_names
+        x = self._prepare_input(x)
+        intermediates = []
+        for i, name in enumerate(names):
+            x = self._run_layer(name, x)
+            if i in wanted:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """timm's prune_intermediate_layers: the layers after the last stage `indices` asks for become
+        identities (forward_features then ends there), and the head goes when asked or when the
+        final map has changed (the auxiliary heads go with it). Returns the kept indices."""
+        take, last = self._take_indices(indices)
+        end = self.layer_names.index(self.feature_taps[last][0])
+        for name in self.layer_names[end + 1:]:
+            self._prune_layer(name)
+        pruned_end = last < len(self.feature_taps) - 1
+        if pruned_end:
+            self.num_features = self.feature_taps[last][1]
+        if prune_head or pruned_end:
+            self._drop_aux_heads()
+            self._drop_head()
+        return take
+
+    def _prune_layer(self, name: str) -> None:
+        self.set_submodule(name, nn.Identity())
+
+    def _drop_aux_heads(self) -> None:
+        pass
+
+    def _drop_head(self) -> None:
+        """No classifier and no pooling: forward returns the feature map forward_features ends on."""
+        self.reset_classifier(0, "")
+
     # -- the two paths ------------------------------------------------------------------------
     def set_fused(self, enabled: bool | None):
         """Run every layer of this model on the fused (True) or reference (False) path; None hands
@@ -197,3 +279,33 @@ class InceptionModel(nn.Module):
         if min(x.shape[-2:]) < need:
             raise ValueError(f"{name} needs an input of at least {need}x{need} pixels, got "
                              f"{x.shape[-2]}x{x.shape[-1]}")
+
+
+class FeatureInfo(list):
+    """feature_info of a feature extractor: a list of {num_chs, reduction, module} dicts with timm's
+    accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+    def module_name(self) -> list[str]:
+        return [f["module"] for f in self]
+
+
+class FeatureListNet(nn.Module):
+    """A model as timm's features_only=True builds it: forward(x) returns the stage feature maps
+    `out_indices` selects (indices into model.feature_info, default all), as
+    forward_intermediates(x, out_indices, intermediates_only=True) gives them. The layers after the
+    last selected stage and the head are pruned. feature_info lists the selected stages."""
+
+    def __init__(self, model: InceptionModel, out_indices=None):
+        super().__init__()
+        self.out_indices = tuple(model.prune_intermediate_layers(out_indices))
+        self.model = model
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)

@@ -30,9 +30,13 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint_path: str
     pretrained: True loads the peer's published weights (the cfg's url; needs internet, or the file in
     torch.hub's cache); a string is a URL or file to load them from. checkpoint_path: a local file
     (ours or the peer's state_dict, or a training checkpoint holding one), loaded after construction.
-    fused: the model's path (True/False), or None for the global choice. Other keyword arguments go
-    to the builder (num_classes, in_chans, drop_rate, aux_logits, ...).
+    fused: the model's path (True/False), or None for the global choice. features_only=True (with
+    out_indices, default all five stages) gives timm's feature extractor: a module returning the
+    stage feature maps (see FeatureListNet). Other keyword arguments go to the builder
+    (num_classes, in_chans, drop_rate, aux_logits, ...).
     """
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
     try:
         builder = _BUILDERS[name]
     except KeyError:
@@ -44,4 +48,8 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint_path: str
         load_weights(model, checkpoint_path)
     if fused is not None:
         model.set_fused(fused)
+    if features_only:
+        from inception_fast.models._base import FeatureListNet
+
+        return FeatureListNet(model, out_indices)
     return model

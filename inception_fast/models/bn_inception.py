@@ -58,6 +58,7 @@ BLOCKS = (
     InceptionBlock("inception_5a", 352, 192, 320, 160, 224, "avg", 128),
     InceptionBlock("inception_5b", 352, 192, 320, 192, 224, "max", 128),
 )
+_BLOCK_BY_NAME = {b.name: b for b in BLOCKS}
 
 
 def _grid_into_3c(side: int) -> int:
@@ -103,6 +104,11 @@ class BNInception(_PathMixin, InceptionModel):
 
     min_input_size = MIN_INPUT_SIZE
     _pool_attr, _drop_attr, _classifier_attr = "global_pool", "head_drop", "last_linear"
+    # The layers of forward_features: the stem's conv-BN-ReLU units and pools, then the blocks.
+    layer_names = ("conv1_7x7_s2", "pool1_3x3_s2", "conv2_3x3_reduce", "conv2_3x3", "pool2_3x3_s2") + tuple(
+        b.name for b in BLOCKS)
+    feature_taps = (("conv1_7x7_s2", 64, 2), ("conv2_3x3", 192, 4), ("inception_3b", 320, 8),
+                    ("inception_4d", 608, 16), ("inception_5b", 1024, 32))
     default_cfg_template = {
         "url": "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth",
         "peer": "pretrainedmodels.bninception (pretrained='imagenet')",
@@ -215,12 +221,24 @@ class BNInception(_PathMixin, InceptionModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 1024-channel map before pooling (7x7 at 224)."""
-        self.check_input(x)
-        x = self.pool1_3x3_s2(self._conv_bn_relu(x, "conv1_7x7_s2"))
-        x = self.pool2_3x3_s2(self._conv_bn_relu(self._conv_bn_relu(x, "conv2_3x3_reduce"), "conv2_3x3"))
-        for block in BLOCKS:
-            x = self._block(x, block)
+        x = self._prepare_input(x)
+        for name in self.layer_names:
+            x = self._run_layer(name, x)
         return x
+
+    def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name in self.__dict__.get("_pruned_layers", ()):
+            return x
+        block = _BLOCK_BY_NAME.get(name)
+        if block is not None:
+            return self._block(x, block)
+        if name.startswith("pool"):
+            return getattr(self, name)(x)
+        return self._conv_bn_relu(x, name)
+
+    def _prune_layer(self, name: str) -> None:
+        # Its layers are flat conv/BN/ReLU modules named after it, not one module: skipped instead.
+        self.__dict__.setdefault("_pruned_layers", set()).add(name)
 
     # pretrainedmodels' names for the two halves of forward.
     def features(self, x: torch.Tensor) -> torch.Tensor:

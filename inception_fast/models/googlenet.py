@@ -83,6 +83,11 @@ class GoogLeNet(InceptionModel):
     optional_prefixes = ("aux1.", "aux2.")
     aux_classifiers = ("aux1.fc2", "aux2.fc2")
     _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
+    layer_names = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+                   "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4", "inception5a",
+                   "inception5b")
+    feature_taps = (("conv1", 64, 2), ("conv3", 192, 4), ("inception3b", 480, 8), ("inception4e", 832, 16),
+                    ("inception5b", 1024, 32))
     default_cfg_template = {
         "url": "https://download.pytorch.org/models/googlenet-1378be20.pth",
         "peer": "torchvision.models.googlenet (weights=GoogLeNet_Weights.IMAGENET1K_V1)",
@@ -150,6 +155,14 @@ class GoogLeNet(InceptionModel):
         aux2 = self.aux2(x) if with_aux else None
         x = self.maxpool4(self.inception4e(x))
         return self.inception5b(self.inception5a(x)), aux2, aux1
+
+    def _prepare_input(self, x):
+        self.check_input(x)
+        return self._transform_input(x)
+
+    def _drop_aux_heads(self):
+        self.aux1 = self.aux2 = None
+        self.aux_logits = False
 
     def forward_features(self, x):
         """The 1024-channel map before pooling (transform_input applied, as in forward)."""

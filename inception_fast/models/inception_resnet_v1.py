@@ -197,6 +197,10 @@ class InceptionResnetV1(InceptionModel):
     # without a classifier (num_classes=0) loads them without it.
     optional_prefixes = ("logits.",)
     _pool_attr, _drop_attr, _classifier_attr = "avgpool_1a", "dropout", "logits"
+    layer_names = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "conv2d_4b",
+                   "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8")
+    feature_taps = (("conv2d_2b", 64, 2), ("conv2d_4a", 192, 4), ("repeat_1", 256, 8), ("repeat_2", 896, 16),
+                    ("block8", 1792, 32))
     default_cfg_template = {
         "url": "",  # no published ImageNet weights for Inception-ResNet-v1
         "peer": "facenet_pytorch.InceptionResnetV1 (the architecture; the paper's ImageNet head)",
@@ -267,6 +271,14 @@ class InceptionResnetV1(InceptionModel):
         # device and dtype from: take the model's.
         classifier = getattr(self, self._classifier_attr)
         setattr(self, self._classifier_attr, classifier.to(self.conv2d_1a.conv.weight))
+
+    def _drop_head(self):
+        # The face model's head is pooling, last_linear, last_bn and the classifier: all of it goes.
+        if self.embedding_size is not None:
+            del self.last_linear, self.last_bn
+            self.embedding_size = None
+        InceptionModel.reset_classifier(self, 0, "")
+        self.head_hidden_size = self.num_features
 
     def forward_features(self, x):
         """The 1792-channel map after block8, before pooling."""

@@ -162,6 +162,10 @@ class InceptionResnetV2(InceptionModel):
 
     min_input_size = MIN_INPUT_SIZE
     _pool_attr, _drop_attr, _classifier_attr = "global_pool", "head_drop", "classif"
+    layer_names = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "maxpool_5a",
+                   "mixed_5b", "repeat", "mixed_6a", "repeat_1", "mixed_7a", "repeat_2", "block8", "conv2d_7b")
+    feature_taps = (("conv2d_2b", 64, 2), ("conv2d_4a", 192, 4), ("repeat", 320, 8), ("repeat_1", 1088, 16),
+                    ("conv2d_7b", 1536, 32))  # timm's inception_resnet_v2 feature_info
     default_cfg_template = {
         "url": "https://huggingface.co/timm/inception_resnet_v2.tf_in1k/resolve/main/model.safetensors",
         "hf_hub_id": "timm/inception_resnet_v2.tf_in1k",

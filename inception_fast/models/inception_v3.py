@@ -186,6 +186,11 @@ class Inception3(InceptionModel):
     optional_prefixes = ("AuxLogits.",)
     aux_classifiers = ("AuxLogits.fc",)
     _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
+    layer_names = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                   "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                   "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+    feature_taps = (("Conv2d_2b_3x3", 64, 2), ("Conv2d_4a_3x3", 192, 4), ("Mixed_5d", 288, 8), ("Mixed_6e", 768, 16),
+                    ("Mixed_7c", 2048, 32))  # timm's inception_v3 feature_info
     default_cfg_template = {
         "url": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
         "peer": "torchvision.models.inception_v3 (weights=Inception_V3_Weights.IMAGENET1K_V1); timm inception_v3",
@@ -233,6 +238,14 @@ class Inception3(InceptionModel):
 
     def _transform_input(self, x):
         return imagenet_to_inception_input(x) if self.transform_input else x
+
+    def _prepare_input(self, x):
+        self.check_input(x)
+        return self._transform_input(x)
+
+    def _drop_aux_heads(self):
+        self.AuxLogits = None
+        self.aux_logits = False
 
     def _features(self, x, with_aux: bool):
         self.check_input(x)

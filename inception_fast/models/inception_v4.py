@@ -191,6 +191,9 @@ class InceptionV4(InceptionModel):
 
     min_input_size = MIN_INPUT_SIZE
     _pool_attr, _drop_attr, _classifier_attr = "global_pool", "head_drop", "last_linear"
+    layer_names = tuple(f"features.{i}" for i in range(22))
+    feature_taps = (("features.2", 64, 2), ("features.3", 160, 4), ("features.9", 384, 8), ("features.17", 1024, 16),
+                    ("features.21", 1536, 32))  # timm's inception_v4 feature_info
     default_cfg_template = {
         "url": "https://huggingface.co/timm/inception_v4.tf_in1k/resolve/main/model.safetensors",
         "hf_hub_id": "timm/inception_v4.tf_in1k",

@@ -1,0 +1,133 @@
+"""timm's feature-extraction contract for the six models, on both paths: feature_info against what
+forward_intermediates returns, forward_intermediates against forward_features and (v3, v4, IR-v2)
+against timm's own forward_intermediates on the same weights, prune_intermediate_layers, and
+create_model(features_only=True, out_indices=...), with gradients."""
+import copy
+import math
+
+import pytest
+import torch
+
+from _helpers import rel_err
+from _peers import CASE_IDS, CASES, MODEL_CASES, MODEL_IDS, pair
+from inception_fast import models
+
+PATHS = [True, False]
+
+
+def _model(case, fused):
+    return copy.deepcopy(pair(case)[1]).set_fused(fused)
+
+
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_feature_info_matches_the_intermediates(case, fused):
+    net = _model(case, fused)
+    torch.manual_seed(1)
+    nominal = 224 if case.native == 224 else 299  # the geometry timm's nominal reductions describe
+    for size in (nominal, case.own_small):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            final, inter = net.forward_intermediates(x)
+            feats = net.forward_features(x)
+        assert rel_err(final, feats) < 1e-6
+        assert [t.shape[1] for t in inter] == [f["num_chs"] for f in net.feature_info]
+        assert [f["module"] for f in net.feature_info] == [m for m, _, _ in net.feature_taps]
+        if size == nominal:  # the nominal reductions 2, 4, 8, 16, 32 (299 -> 149, 71, 35, 17, 8)
+            for t, f in zip(inter, net.feature_info):
+                assert 2 ** round(math.log2(size / t.shape[-1])) == f["reduction"], (t.shape, f)
+        assert inter[-1] is final or torch.equal(inter[-1], final)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_indices_stop_early_and_intermediates_only(case):
+    net = _model(case, True)
+    x = torch.randn(1, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        _, every = net.forward_intermediates(x)
+        last2 = net.forward_intermediates(x, indices=2, intermediates_only=True)
+        picked = net.forward_intermediates(x, indices=[0, -2], stop_early=True, intermediates_only=True)
+        final, early = net.forward_intermediates(x, indices=[1], stop_early=True)
+    assert [torch.equal(a, b) for a, b in zip(last2, every[-2:])] == [True, True]
+    assert torch.equal(picked[0], every[0]) and torch.equal(picked[1], every[-2])
+    assert torch.equal(early[0], every[1]) and torch.equal(final, every[1])  # stopped at the stage asked for
+    with pytest.raises(ValueError, match="out of range"):
+        net.forward_intermediates(x, indices=[7])
+    with pytest.raises(ValueError, match="output_fmt"):
+        net.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("case", [c for c, i in zip(CASES, CASE_IDS) if i in
+                                  ("inception_v3-timm", "inception_v4", "inception_resnet_v2")],
+                         ids=["inception_v3", "inception_v4", "inception_resnet_v2"])
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+def test_same_intermediates_as_timm(case, fused):
+    peer, ours = pair(case)
+    ours = copy.deepcopy(ours).set_fused(fused)
+    assert [(f["module"], f["num_chs"], f["reduction"]) for f in ours.feature_info] == \
+        [(f["module"], f["num_chs"], f["reduction"]) for f in peer.feature_info]
+    x = torch.randn(2, 3, case.small, case.small)
+    with torch.no_grad():
+        got = ours.forward_intermediates(x, intermediates_only=True)
+        want = peer.forward_intermediates(x, intermediates_only=True)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_prune_intermediate_layers(case):
+    net = _model(case, True)
+    x = torch.randn(1, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        _, every = net.forward_intermediates(x)
+    kept = net.prune_intermediate_layers((0, 2))
+    assert kept == [0, 2]
+    assert net.num_features == net.feature_info[2]["num_chs"]
+    assert isinstance(net.get_classifier(), torch.nn.Identity)
+    assert not getattr(net, "aux_logits", False)
+    with torch.no_grad():
+        assert torch.equal(net.forward_features(x), every[2])
+        out = net(x)  # the head pruned: forward returns the map it ends on
+    assert torch.equal(out, every[2])
+
+
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_features_only(case, fused):
+    torch.manual_seed(0)
+    full = models.create_model(case.name, **case.kwargs).eval()
+    feats = models.create_model(case.name, features_only=True, out_indices=(1, 3, 4), **case.kwargs)
+    feats.model.load_state_dict(full.state_dict(), strict=False)
+    feats.model.set_fused(fused), full.set_fused(fused)
+    assert feats.feature_info.channels() == [full.feature_info[i]["num_chs"] for i in (1, 3, 4)]
+    assert feats.feature_info.reduction() == [4, 16, 32]
+    x = torch.randn(2, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        got = feats.eval()(x)
+        want = full.forward_intermediates(x, indices=[1, 3, 4], intermediates_only=True)
+    assert len(got) == 3 and all(rel_err(a, b) < 1e-6 for a, b in zip(got, want))
+    # training: every parameter of the stages it runs gets a gradient
+    feats.train()
+    sum(t.float().square().mean() for t in feats(x)).backward()
+    missing = [n for n, p in feats.named_parameters() if p.requires_grad and p.grad is None
+               and not n.startswith(("model.aux", "model.AuxLogits", "model.fc", "model.last_linear",
+                                     "model.classif", "model.logits", "model.last_bn"))]
+    assert not missing, missing[:5]
+
+
+def test_timm_registration_and_helpers():
+    timm = pytest.importorskip("timm", reason="timm is a test dependency")
+    names = models.register_timm()
+    assert sorted(names) == ["inception_fast_" + n for n in models.list_models()]
+    assert set(names) <= set(timm.list_models("inception_fast_*"))
+    assert models.register_timm() == names  # again: harmless
+    assert "inception_v3" in timm.list_models("inception_v3")  # timm's own entries untouched
+    assert type(timm.create_model("inception_v3")).__module__.startswith("timm.")
+    m = timm.create_model("inception_fast_inception_v3", num_classes=10, aux_logits=False)
+    assert isinstance(m, models.Inception3) and m.fc.out_features == 10
+    cfg = timm.data.resolve_data_config({}, model=m)  # timm's helpers read our pretrained_cfg
+    assert cfg["input_size"] == (3, 299, 299) and cfg["interpolation"] == "bilinear"
+    f = timm.create_model("inception_fast_inception_resnet_v2", features_only=True, out_indices=(2, 4))
+    with torch.no_grad():
+        outs = f.eval()(torch.randn(1, 3, 75, 75))
+    assert [o.shape[1] for o in outs] == f.feature_info.channels() == [320, 1536]
