@@ -131,3 +131,31 @@ def test_timm_registration_and_helpers():
     with torch.no_grad():
         outs = f.eval()(torch.randn(1, 3, 75, 75))
     assert [o.shape[1] for o in outs] == f.feature_info.channels() == [320, 1536]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_reference_path_is_fx_traceable(case):
+    # torchvision's create_feature_extractor on the reference path (the input checks are FX leaves,
+    # run on the real input): the stage maps it extracts are forward_intermediates'.
+    fx = pytest.importorskip("torchvision.models.feature_extraction")
+    net = _model(case, False)
+    train_nodes, eval_nodes = fx.get_graph_node_names(net)
+    assert eval_nodes and train_nodes
+    x = torch.randn(1, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        want = net.forward_intermediates(x, intermediates_only=True)
+    if case.name == "bn_inception":  # flat modules, no stage modules: the whole graph's output
+        extractor = fx.create_feature_extractor(net, return_nodes={eval_nodes[-1]: "out"})
+        with torch.no_grad():
+            assert rel_err(extractor(x)["out"], net(x)) < 1e-6
+        with pytest.raises(ValueError, match="32k-1"):
+            extractor(torch.randn(1, 3, 80, 80))
+        return
+    taps = [f["module"] for f in net.feature_info]
+    extractor = fx.create_feature_extractor(net, return_nodes={t: str(i) for i, t in enumerate(taps)})
+    with torch.no_grad():
+        got = extractor(x)
+    for i, w in enumerate(want):
+        assert rel_err(got[str(i)], w) < 1e-6, taps[i]
+    with pytest.raises(ValueError, match="at least"):  # the checks still run in the traced module
+        extractor(torch.randn(1, 3, 8, 8))

@@ -5,8 +5,11 @@
 - `pretrained_cfg` (alias `default_cfg`): the record of the input the weights expect (size, mean/std,
   crop, interpolation) and of where they come from, with timm's field names;
 - `set_fused(True | False | None)`: the path of every layer of this model (None: the global choice);
-- `check_input(x)`: a too-small or malformed input gets a ValueError naming the minimum size, not a
-  shape error from deep inside the network.
+- `check_input(x)` (returns x): a too-small or malformed input gets a ValueError naming the minimum
+  size, not a shape error from deep inside the network (a torch.fx leaf, so the reference path traces);
+- timm's feature extraction: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`
+  and `FeatureListNet` (create_model(..., features_only=True)), from each model's `layer_names`
+  (the layers of forward_features in order) and `feature_taps` (the stage outputs).
 
 The head's module names are the peer's (torchvision: avgpool/dropout/fc; timm: global_pool/head_drop/
 <classifier>), set per model class by `_pool_attr`, `_drop_attr` and `_classifier_attr`; pooling and
@@ -34,6 +37,26 @@ def imagenet_to_inception_input(x: torch.Tensor) -> torch.Tensor:
     x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
     x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
     return torch.cat((x0, x1, x2), 1)
+
+
+@torch.fx.wrap
+def check_image_batch(x: torch.Tensor, name: str, in_chans: int | None, min_size: int) -> torch.Tensor:
+    """x, after a ValueError/TypeError naming the problem when it is not a 4-D floating-point batch
+    of in_chans channels with sides of at least min_size. A leaf under torch.fx (create_feature_extractor
+    traces the models through it), checked on the real input at run time."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} takes a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} takes a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise ValueError(f"{name} was built for {in_chans} input channels (in_chans), got "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} takes a floating-point input, got {x.dtype}")
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(f"{name} needs an input of at least {min_size}x{min_size} pixels, got "
+                         f"{x.shape[-2]}x{x.shape[-1]}")
+    return x
 
 
 class GlobalPool2d(nn.Module):
@@ -177,8 +200,7 @@ class InceptionModel(nn.Module):
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """What forward_features does before its first layer (checks; transform_input where the
         model has it)."""
-        self.check_input(x)
-        return x
+        return self.check_input(x)
 
     def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.get_submodule(name)(x)
@@ -263,22 +285,11 @@ class InceptionModel(nn.Module):
         return self
 
     # -- input checks -------------------------------------------------------------------------
-    def check_input(self, x: torch.Tensor, min_size: int | None = None) -> None:
-        name = type(self).__name__
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} takes a tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"{name} takes a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
-        in_chans = getattr(self, "in_chans", None)
-        if in_chans is not None and x.shape[1] != in_chans:
-            raise ValueError(f"{name} was built for {in_chans} input channels (in_chans), got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} takes a floating-point input, got {x.dtype}")
+    def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:
+        """x, after a ValueError/TypeError naming the problem if it is not an input this model takes.
+        (Returned so that the check stays in a torch.fx trace's data path.)"""
         need = self.min_input_size if min_size is None else min_size
-        if min(x.shape[-2:]) < need:
-            raise ValueError(f"{name} needs an input of at least {need}x{need} pixels, got "
-                             f"{x.shape[-2]}x{x.shape[-1]}")
+        return check_image_batch(x, type(self).__name__, getattr(self, "in_chans", None), need)
 
 
 class FeatureInfo(list):

@@ -94,6 +94,22 @@ class ConvBNReLUView(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
+@torch.fx.wrap
+def _check_sides(x: torch.Tensor) -> torch.Tensor:
+    """x, after a ValueError if its sides are not ones BN-Inception takes (a leaf under torch.fx,
+    checked on the real input)."""
+    for side in x.shape[-2:]:
+        if not _side_fits(side):
+            below = next(s for s in range(side, 0, -1) if _side_fits(s))
+            above = next(s for s in range(side, side + 64) if _side_fits(s))
+            raise ValueError(
+                f"BNInception takes input sides of 32k-1 to 32k+6 pixels (31-38, 63-70, ..., 223-230), got "
+                f"{x.shape[-2]}x{x.shape[-1]} (nearest sides: {below}, {above}): its grid reductions "
+                "inception_3c and inception_4e concatenate a padded stride-2 conv with a ceil-mode pool, "
+                "whose maps agree only on an even grid, as in the Caffe model the weights come from")
+    return x
+
+
 class BNInception(_PathMixin, InceptionModel):
     """pretrainedmodels' BNInception, same module names and order, plus timm's arguments (in_chans,
     drop_rate, global_pool) and its methods `features` / `logits`.
@@ -207,17 +223,8 @@ class BNInception(_PathMixin, InceptionModel):
         out.append([pool, unit("pool_proj")] if b.pool_proj else [pool])
         return out
 
-    def check_input(self, x: torch.Tensor, min_size: int | None = None) -> None:
-        super().check_input(x, min_size)
-        for side in x.shape[-2:]:
-            if not _side_fits(side):
-                below = next(s for s in range(side, 0, -1) if _side_fits(s))
-                above = next(s for s in range(side, side + 64) if _side_fits(s))
-                raise ValueError(
-                    f"BNInception takes input sides of 32k-1 to 32k+6 pixels (31-38, 63-70, ..., 223-230), got "
-                    f"{x.shape[-2]}x{x.shape[-1]} (nearest sides: {below}, {above}): its grid reductions "
-                    "inception_3c and inception_4e concatenate a padded stride-2 conv with a ceil-mode pool, "
-                    "whose maps agree only on an even grid, as in the Caffe model the weights come from")
+    def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:
+        return _check_sides(super().check_input(x, min_size))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 1024-channel map before pooling (7x7 at 224)."""

@@ -142,7 +142,7 @@ class GoogLeNet(InceptionModel):
         return imagenet_to_inception_input(x) if self.transform_input else x
 
     def _features(self, x, with_aux: bool):
-        self.check_input(x)
+        x = self.check_input(x)
         x = self._transform_input(x)
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
@@ -157,7 +157,7 @@ class GoogLeNet(InceptionModel):
         return self.inception5b(self.inception5a(x)), aux2, aux1
 
     def _prepare_input(self, x):
-        self.check_input(x)
+        x = self.check_input(x)
         return self._transform_input(x)
 
     def _drop_aux_heads(self):

@@ -282,7 +282,7 @@ class InceptionResnetV1(InceptionModel):
 
     def forward_features(self, x):
         """The 1792-channel map after block8, before pooling."""
-        self.check_input(x)
+        x = self.check_input(x)
         x = self.maxpool_3a(self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x))))
         x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(x)))
         x = self.mixed_7a(self.repeat_2(self.mixed_6a(self.repeat_1(x))))

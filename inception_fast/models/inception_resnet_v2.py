@@ -204,7 +204,7 @@ class InceptionResnetV2(InceptionModel):
         self._init_head(1536, num_classes, drop_rate, global_pool)
 
     def forward_features(self, x):
-        self.check_input(x)
+        x = self.check_input(x)
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x)))
         x = self.repeat(self.mixed_5b(self.maxpool_5a(x)))

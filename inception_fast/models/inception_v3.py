@@ -32,6 +32,15 @@ MIN_INPUT_SIZE = 75
 AUX_MIN_GRID = 17
 
 
+@torch.fx.wrap
+def _check_aux_grid(x: torch.Tensor) -> None:
+    """The aux head's grid (a leaf under torch.fx, checked on the real map)."""
+    if min(x.shape[-2:]) < AUX_MIN_GRID:
+        raise ValueError(f"inception_v3's auxiliary classifier needs the {AUX_MIN_GRID}x{AUX_MIN_GRID} grid of a "
+                         f"299x299 input, got {tuple(x.shape[-2:])} there; train smaller inputs with "
+                         "aux_logits=False")
+
+
 def _avg_pool_3x3() -> nn.AvgPool2d:
     """The average pool of the forward functions (F.avg_pool2d's defaults: the padding counted)."""
     return nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
@@ -240,7 +249,7 @@ class Inception3(InceptionModel):
         return imagenet_to_inception_input(x) if self.transform_input else x
 
     def _prepare_input(self, x):
-        self.check_input(x)
+        x = self.check_input(x)
         return self._transform_input(x)
 
     def _drop_aux_heads(self):
@@ -248,7 +257,7 @@ class Inception3(InceptionModel):
         self.aux_logits = False
 
     def _features(self, x, with_aux: bool):
-        self.check_input(x)
+        x = self.check_input(x)
         x = self._transform_input(x)
         x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
         x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
@@ -256,10 +265,7 @@ class Inception3(InceptionModel):
             self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))))))
         aux = None
         if with_aux:
-            if min(x.shape[-2:]) < AUX_MIN_GRID:
-                raise ValueError(f"inception_v3's auxiliary classifier needs the {AUX_MIN_GRID}x{AUX_MIN_GRID} grid of a "
-                                 f"299x299 input, got {tuple(x.shape[-2:])} there; train smaller inputs with "
-                                 "aux_logits=False")
+            _check_aux_grid(x)
             aux = self.AuxLogits(x)
         return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x))), aux
 

@@ -228,7 +228,7 @@ class InceptionV4(InceptionModel):
         self._init_head(1536, num_classes, drop_rate, global_pool)
 
     def forward_features(self, x):
-        self.check_input(x)
+        x = self.check_input(x)
         return self.features(x)
 
 
