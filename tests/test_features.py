@@ -159,3 +159,22 @@ def test_reference_path_is_fx_traceable(case):
         assert rel_err(got[str(i)], w) < 1e-6, taps[i]
     with pytest.raises(ValueError, match="at least"):  # the checks still run in the traced module
         extractor(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+@pytest.mark.parametrize("name", models.list_models())
+def test_pretrained_cfg_claims_hold(name, in_chans):
+    # The classifier it names exists with num_classes outputs; first_conv is the conv taking in_chans;
+    # pool_size is the final feature map at input_size; num_features its channels.
+    kw = {"transform_input": False} if name in ("googlenet", "inception_v3") else {}
+    m = models.create_model(name, num_classes=7, in_chans=in_chans, **kw).eval()
+    cfg = m.pretrained_cfg
+    assert m.get_submodule(cfg["classifier"]) is m.get_classifier() and m.get_classifier().out_features == 7
+    assert cfg["num_classes"] == 7
+    assert m.get_submodule(cfg["first_conv"]).in_channels == in_chans
+    side = cfg["input_size"][-1]
+    with torch.no_grad():
+        feats = m.forward_features(torch.randn(1, in_chans, side, side))
+    assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"]) and feats.shape[1] == m.num_features
+    for key in ("mean", "std", "crop_pct", "interpolation", "url"):
+        assert key in cfg, key
