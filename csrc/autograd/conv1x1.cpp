@@ -35,11 +35,15 @@ class Conv1x1 : public torch::autograd::Function<Conv1x1> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const OptTensor& bias) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    // grad_weight reads x; grad_x only x's shape and layout: keep x only when it will be read.
-    ctx->save_for_backward({weight.requires_grad() ? x : at::Tensor(), weight});
+    // grad_weight reads x; grad_x only x's shape and layout: keep x only when it will be read,
+    // else just its shape and layout.
+    const bool keep_x = weight.requires_grad();
+    ctx->save_for_backward({keep_x ? x : at::Tensor(), weight});
     ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["x_shape"] = x.sizes().vec();
-    ctx->saved_data["x_channels_last"] = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!keep_x) {
+      ctx->saved_data["x_shape"] = x.sizes().vec();
+      ctx->saved_data["x_channels_last"] = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    }
     return forward_op(x, weight, bias);
   }
 

@@ -94,7 +94,7 @@ class GlobalPool2d(nn.Module):
 
 class InceptionModel(nn.Module):
     """Base class of the six models. A subclass builds its layers, calls `_init_head(...)` for the
-    pooling/dropout/classifier, and implements `forward_features`; `forward` is
+    pooling/dropout/classifier, and declares `layer_names` (the layers forward_features runs in order); `forward` is
     forward_head(forward_features(x)) unless the model has auxiliary heads or a special head."""
 
     # The record each model class fills in (timm's pretrained_cfg fields, plus 'min_input_size').
@@ -175,7 +175,13 @@ class InceptionModel(nn.Module):
         self.pretrained_cfg["num_classes"] = self.num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define forward_features (every model here does)")
+        """The unpooled map of num_features channels: the checked (and, where the model has it,
+        transformed) input through `layer_names` in order. GoogLeNet and Inception-v3, whose
+        auxiliary heads branch off mid-way, write theirs out."""
+        x = self._prepare_input(x)
+        for name in self.layer_names:
+            x = self._run_layer(name, x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = getattr(self, self._pool_attr)(x)
@@ -186,8 +192,9 @@ class InceptionModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # -- intermediate features (timm's feature_info / forward_intermediates) -------------------
-    # The layers of forward_features in order (module names; the auxiliary heads are not among them)
-    # and the stage outputs timm's feature extraction reports: (module, channels, reduction).
+    # The layers of forward_features in order (module names; the auxiliary heads are not among them;
+    # forward_features is defined by them) and the stage outputs timm's feature extraction reports:
+    # (module, channels, reduction).
     layer_names: ClassVar[tuple[str, ...]] = ()
     feature_taps: ClassVar[tuple[tuple[str, int, int], ...]] = ()
 

@@ -29,7 +29,7 @@ def _entrypoint(name: str, timm_name: str):
 
 def register_timm(prefix: str = PREFIX) -> list[str]:
     """Register the six models with timm's model registry as `<prefix><name>`; returns those names.
-    Calling it again is harmless (the same entries are registered again)."""
+    Calling it again is harmless (what is registered stays as it is)."""
     try:
         from timm.models import is_model, register_model
     except ImportError as e:
@@ -37,10 +37,8 @@ def register_timm(prefix: str = PREFIX) -> list[str]:
     names = []
     for name in list_models():
         timm_name = prefix + name
-        if is_model(timm_name) and getattr(_REGISTERED.get(timm_name), "__module__", None) == __name__:
-            names.append(timm_name)
-            continue
-        _REGISTERED[timm_name] = register_model(_entrypoint(name, timm_name))
+        if not (timm_name in _REGISTERED and is_model(timm_name)):
+            _REGISTERED[timm_name] = register_model(_entrypoint(name, timm_name))
         names.append(timm_name)
     return names
 

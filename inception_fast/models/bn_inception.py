@@ -226,13 +226,6 @@ class BNInception(_PathMixin, InceptionModel):
     def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:
         return _check_sides(super().check_input(x, min_size))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 1024-channel map before pooling (7x7 at 224)."""
-        x = self._prepare_input(x)
-        for name in self.layer_names:
-            x = self._run_layer(name, x)
-        return x
-
     def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name in self.__dict__.get("_pruned_layers", ()):
             return x

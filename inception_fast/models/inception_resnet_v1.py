@@ -280,14 +280,6 @@ class InceptionResnetV1(InceptionModel):
         InceptionModel.reset_classifier(self, 0, "")
         self.head_hidden_size = self.num_features
 
-    def forward_features(self, x):
-        """The 1792-channel map after block8, before pooling."""
-        x = self.check_input(x)
-        x = self.maxpool_3a(self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x))))
-        x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(x)))
-        x = self.mixed_7a(self.repeat_2(self.mixed_6a(self.repeat_1(x))))
-        return self.block8(self.repeat_3(x))
-
     def forward_head(self, x, pre_logits: bool = False):
         """The ImageNet model: as every model (pooled features with pre_logits=True).
 

@@ -203,15 +203,6 @@ class InceptionResnetV2(InceptionModel):
         self.conv2d_7b = ConvBNReLU(2080, 1536, kernel_size=1)
         self._init_head(1536, num_classes, drop_rate, global_pool)
 
-    def forward_features(self, x):
-        x = self.check_input(x)
-        x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
-        x = self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x)))
-        x = self.repeat(self.mixed_5b(self.maxpool_5a(x)))
-        x = self.repeat_1(self.mixed_6a(x))
-        x = self.block8(self.repeat_2(self.mixed_7a(x)))
-        return self.conv2d_7b(x)
-
 
 @register_model
 def inception_resnet_v2(pretrained: bool | str = False, **kwargs) -> InceptionResnetV2:

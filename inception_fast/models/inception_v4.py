@@ -227,10 +227,6 @@ class InceptionV4(InceptionModel):
         )
         self._init_head(1536, num_classes, drop_rate, global_pool)
 
-    def forward_features(self, x):
-        x = self.check_input(x)
-        return self.features(x)
-
 
 @register_model
 def inception_v4(pretrained: bool | str = False, **kwargs) -> InceptionV4:
