@@ -12,6 +12,8 @@
 //  * ReLU propagates NaN (a NaN pre-activation gives NaN, as torch.relu does).
 #include <torch/library.h>
 
+#include "cpu/gemm.h"
+
 TORCH_LIBRARY(inception_fast, m) {
   // Per-channel mean and biased variance of x over (N, H, W), float32.
   m.def("bn_stats(Tensor x) -> (Tensor mean, Tensor var)");
@@ -55,4 +57,14 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "conv1x1_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // y = conv2d(x, weight, bias, stride, padding) (one group, no dilation) as im2col + one GEMM, for
+  // the small maps where that beats the convolution primitive; channels_last output. CPU.
+  m.def("conv_im2col(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding) -> Tensor");
+  // The gradients of conv_im2col that output_mask asks for (x, weight, bias), undefined otherwise;
+  // grad_x and grad_weight channels_last.
+  m.def(
+      "conv_im2col_backward(Tensor grad_out, Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+      "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
+  m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

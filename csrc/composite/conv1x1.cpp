@@ -1,5 +1,5 @@
 // conv1x1 and conv1x1_backward: a 1x1 convolution (stride 1, no padding, one group) as the GEMM it
-// is, on any device ATen has a GEMM for (MKL/oneDNN on the CPU, cuBLAS on CUDA): registered for
+// is, on any device ATen has a GEMM for (oneDNN or MKL on the CPU, see cpu/gemm.cpp; cuBLAS on CUDA): registered for
 // CompositeExplicitAutograd, so CPU, CUDA and Meta (shape inference) share this one definition.
 //
 // Why not at::convolution: on the small maps of an Inception block (3x3 or 1x1 at the seeds'
@@ -13,6 +13,8 @@
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
+
+#include "cpu/gemm.h"
 
 namespace inception_fast {
 namespace {
@@ -52,7 +54,7 @@ at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::opt
   const at::Tensor wm = weight.reshape({o, c});
   if (rows_layout(x)) {
     const at::Tensor xm = as_rows(x);
-    at::Tensor y = bias.has_value() ? at::addmm(*bias, xm, wm.t()) : at::mm(xm, wm.t());
+    at::Tensor y = cpu::mm(xm, wm.t(), bias);
     return from_rows(y, n, h, w);
   }
   at::Tensor y = at::matmul(wm, x.reshape({n, c, h * w}));  // [N, O, H*W]
@@ -72,8 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor
   at::Tensor grad_x, grad_w, grad_b;
   if (rows_layout(x)) {
     const at::Tensor gm = as_rows(grad_out);  // a copy only when grad_out is not channels_last
-    if (output_mask[0]) grad_x = from_rows(at::mm(gm, wm), n, h, w);
-    if (output_mask[1]) grad_w = at::mm(gm.t(), as_rows(x)).view({o, c, 1, 1});
+    if (output_mask[0]) grad_x = from_rows(cpu::mm(gm, wm), n, h, w);
+    if (output_mask[1]) grad_w = cpu::mm(gm.t(), as_rows(x)).view({o, c, 1, 1});
     if (output_mask[2]) grad_b = gm.sum(0);
   } else {
     const at::Tensor g3 = grad_out.reshape({n, o, h * w});
