@@ -34,10 +34,17 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "bn_relu_backward_elemt(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, Tensor? sum_dz, Tensor? sum_dz_xmu, int count) -> Tensor");
+  // The batch statistics of a training step: bn_stats(x) as mean and invstd = rsqrt(var + eps), and
+  // the running statistics updated in place when given (running = (1 - momentum) * running +
+  // momentum * batch, the variance unbiased, as nn.BatchNorm2d does); mean and invstd float32.
+  m.def(
+      "bn_stats_train(Tensor x, Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, "
+      "float eps) -> (Tensor mean, Tensor invstd)");
   // A training step's forward of bn_relu in one call: the batch statistics of x (bn_stats), the
   // running statistics updated in place when given (running = (1 - momentum) * running + momentum
   // * batch, the variance unbiased, as nn.BatchNorm2d does), then bn_relu_apply with them. Defined
-  // in terms of those ops (CompositeImplicitAutograd), so its gradient is bn_relu_apply's.
+  // in terms of bn_stats_train and bn_relu_apply (CompositeImplicitAutograd), so its gradient is
+  // bn_relu_apply's.
   m.def(
       "bn_relu_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, float momentum, float eps) -> Tensor");

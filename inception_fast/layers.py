@@ -102,13 +102,18 @@ def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     oneDNN's convolution and its backward run such shapes at 10-60% of the GEMM's speed. On the CPU a
     k x k conv with a small output map (the 3x3 and 2x2 grids, and the stride-2 reductions onto
     them) runs as conv_im2col, 1.1-5x faster there. Same parameters, same gradients."""
-    if x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+    if x.dim() != 4:
+        return conv(x)
+    if not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
-    w = _gemm_weight(conv, x) if x.dim() == 4 else None
-    if w is not None:
-        return conv1x1(x, w, conv.bias)
-    args = _im2col_args(conv, x) if x.dim() == 4 else None
-    return conv(x) if args is None else conv_im2col(x, conv.weight, conv.bias, *args)
+    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0):
+        # On the CPU conv_im2col also takes the k x k convs on a 1x1 map (it leaves out the taps that
+        # read only padding, and its weight gradient keeps the weight's layout).
+        args = _im2col_args(conv, x)
+        if args is not None:
+            return conv_im2col(x, conv.weight, conv.bias, *args)
+    w = _gemm_weight(conv, x)
+    return conv(x) if w is None else conv1x1(x, w, conv.bias)
 
 
 def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:

@@ -34,8 +34,14 @@ def test_auto_picks_the_compiled_kernel_on_cpu():
     assert ops.resolve(x, "bn_relu") == ("cpu" if "cpu" in ops.available_backends("cpu") else "reference")
 
 
-def test_unavailable_backend_warns_once_and_falls_back(monkeypatch):
+def _forget_choices(monkeypatch):
+    # As in a fresh process: no warning given yet, no backend chosen yet (resolve caches its answers).
     monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setattr(_backend, "_resolved", {})
+
+
+def test_unavailable_backend_warns_once_and_falls_back(monkeypatch):
+    _forget_choices(monkeypatch)
     x = torch.randn(2, 3, 4, 4)
     with ops.use_backend("cuda"):
         with pytest.warns(RuntimeWarning, match="backend 'cuda' cannot run bn_relu here"):
@@ -47,7 +53,7 @@ def test_unavailable_backend_warns_once_and_falls_back(monkeypatch):
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
-    monkeypatch.setattr(_backend, "_warned", set())
+    _forget_choices(monkeypatch)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x = torch.randn(2, 3, 4, 4)
     with ops.use_backend("triton"), pytest.warns(RuntimeWarning, match="TRITON_INTERPRET=1"):
@@ -57,7 +63,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 def test_missing_extension_falls_back_to_reference_loudly(monkeypatch):
     from inception_fast import _ext
 
-    monkeypatch.setattr(_backend, "_warned", set())
+    _forget_choices(monkeypatch)
     monkeypatch.setattr(_ext, "LOAD_ERROR", "ImportError: pretend the build failed")
     x = torch.randn(2, 3, 4, 4)
     with pytest.warns(RuntimeWarning, match="pretend the build failed"):

@@ -2,6 +2,7 @@
 kernel, autograd registration and AOT dispatch (what torch.compile relies on)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from _helpers import rand_act
 from conftest import DEVICE_BACKEND_IDS, DEVICE_BACKENDS
@@ -55,3 +56,31 @@ def test_opcheck_bn_relu_train(device, dtype, layout):
                   rv.clone(), 0.1, 1e-5),
                  (x.clone().requires_grad_(), None, None, None, None, 0.1, 1e-3)]:
         torch.library.opcheck(overload, args)
+
+
+@pytest.mark.parametrize("device", sorted({d for d, b in KERNEL_BACKENDS if b != "triton"}))
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"), (torch.float32, "cl"), (torch.bfloat16, "cl"),
+                                          (torch.float64, "cl")])
+@pytest.mark.parametrize("stats_dtype", [None, torch.bfloat16], ids=["stats-acc", "stats-bf16"])
+def test_bn_stats_train(device, dtype, layout, stats_dtype):
+    # The statistics step of bn_relu_train (one call on the CPU): what nn.BatchNorm2d computes --
+    # batch mean, rsqrt(var + eps), running statistics moved by momentum towards the batch's (the
+    # variance unbiased) -- also with running statistics in another dtype than the arithmetic's; and
+    # opcheck (schema, fake kernel, the in-place mutation).
+    C, momentum, eps = 5, 0.1, 1e-3
+    x = rand_act((3, C, 4, 6), dtype, layout, device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    f = dict(device=device, dtype=stats_dtype or acc)
+    rm, rv = torch.randn(C, **f), torch.rand(C, **f) + 0.5
+    ref_m, ref_v = rm.clone().to(acc), rv.clone().to(acc)
+    F.batch_norm(x.to(acc), ref_m, ref_v, None, None, True, momentum, eps)
+    mean, invstd = namespace("cpu").bn_stats_train(x, rm, rv, momentum, eps)
+    xd = x.double()
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mean.double(), xd.mean((0, 2, 3)), rtol=tol, atol=tol)
+    torch.testing.assert_close(invstd.double(), (xd.var((0, 2, 3), unbiased=False) + eps).rsqrt(), rtol=tol, atol=tol)
+    stol = 1e-2 if stats_dtype == torch.bfloat16 else tol
+    torch.testing.assert_close(rm.to(acc), ref_m.to(stats_dtype or acc).to(acc), rtol=stol, atol=stol)
+    torch.testing.assert_close(rv.to(acc), ref_v.to(stats_dtype or acc).to(acc), rtol=stol, atol=stol)
+    torch.library.opcheck(namespace("cpu").bn_stats_train, (x, rm.clone(), rv.clone(), momentum, eps))
+    torch.library.opcheck(namespace("cpu").bn_stats_train, (x, None, None, momentum, eps))

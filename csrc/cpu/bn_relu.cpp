@@ -387,6 +387,53 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x) {
   return {mean, var};
 }
 
+// bn_stats, then the per-channel arithmetic of a training step in one loop over the channels instead of
+// five ATen calls (add, rsqrt, mul, two lerps: ~25 us of dispatch per layer on the small maps of an
+// Inception block, against ~1 us of arithmetic). The same formulas as ATen's: invstd = 1 / sqrt(var +
+// eps), running += momentum * (batch - running) as lerp_ computes it for momentum < 0.5.
+std::tuple<at::Tensor, at::Tensor> bn_stats_train(const at::Tensor& x, const c10::optional<at::Tensor>& running_mean,
+                                                  const c10::optional<at::Tensor>& running_var, double momentum,
+                                                  double eps) {
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
+              "inception_fast::bn_stats_train: running_mean and running_var must both be given or both be None");
+  auto [mean, var] = bn_stats(x);
+  const int64_t C = mean.size(0);
+  const int64_t count = C == 0 ? 0 : x.numel() / C;
+  if (running_mean.has_value()) {
+    for (const at::Tensor* r : {&*running_mean, &*running_var}) {
+      TORCH_CHECK(r->dim() == 1 && r->size(0) == C && r->device() == x.device() && r->is_floating_point(),
+                  "inception_fast::bn_stats_train: running statistics must be floating-point [", C,
+                  "] tensors on x's device, got ", r->sizes(), " ", r->scalar_type(), " on ", r->device());
+    }
+  }
+  at::Tensor invstd = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bn_stats_train", [&] {
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* vp = var.const_data_ptr<scalar_t>();
+    scalar_t* ip = invstd.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) ip[c] = scalar_t(1) / std::sqrt(vp[c] + static_cast<scalar_t>(eps));
+    if (!running_mean.has_value()) return;
+    const bool plain = running_mean->scalar_type() == mean.scalar_type() &&
+                       running_var->scalar_type() == mean.scalar_type() && running_mean->is_contiguous() &&
+                       running_var->is_contiguous() && momentum < 0.5;
+    const scalar_t unbias = count > 1 ? static_cast<scalar_t>(static_cast<double>(count) / (count - 1)) : scalar_t(1);
+    if (!plain) {  // other dtypes or strides: ATen's ops
+      at::NoGradGuard no_grad;
+      running_mean->lerp_(mean.to(running_mean->scalar_type()), momentum);
+      running_var->lerp_(var.mul(unbias).to(running_var->scalar_type()), momentum);
+      return;
+    }
+    scalar_t* rm = running_mean->data_ptr<scalar_t>();
+    scalar_t* rv = running_var->data_ptr<scalar_t>();
+    const scalar_t m = static_cast<scalar_t>(momentum);
+    for (int64_t c = 0; c < C; ++c) {
+      rm[c] = rm[c] + m * (mp[c] - rm[c]);
+      rv[c] = rv[c] + m * (vp[c] * unbias - rv[c]);
+    }
+  });
+  return {mean, invstd};
+}
+
 at::Tensor bn_relu_apply(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                          const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
                          bool /*training: only the autograd formula depends on it*/) {
@@ -498,6 +545,7 @@ at::Tensor bn_relu_backward_elemt(const at::Tensor& grad_out, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(inception_fast, CPU, m) {
   m.impl("bn_stats", &bn_stats);
+  m.impl("bn_stats_train", &bn_stats_train);
   m.impl("bn_relu_apply", &bn_relu_apply);
   m.impl("bn_relu_backward_reduce", &bn_relu_backward_reduce);
   m.impl("bn_relu_backward_elemt", &bn_relu_backward_elemt);

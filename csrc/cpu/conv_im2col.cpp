@@ -18,6 +18,8 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/common.h"
@@ -29,9 +31,24 @@ namespace {
 
 struct Geometry {
   int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow;
+  // The taps [ky0, ky1) x [kx0, kx1) that read the map for some output pixel; the others only ever
+  // read the zero padding (a 1x7 on a 3-wide map: 2 of 7 taps) and are left out of the GEMMs.
+  int64_t ky0, ky1, kx0, kx1;
   int64_t rows() const { return n * oh * ow; }
-  int64_t cols() const { return kh * kw * c; }
+  int64_t taps_h() const { return ky1 - ky0; }
+  int64_t taps_w() const { return kx1 - kx0; }
+  int64_t cols() const { return taps_h() * taps_w() * c; }
+  bool trimmed() const { return taps_h() != kh || taps_w() != kw; }
 };
+
+// [first, last) of the taps k of a kernel whose output index o in [0, out) reads input o*s - p + k
+// in [0, size) for some o.
+std::pair<int64_t, int64_t> live_taps(int64_t kernel, int64_t size, int64_t out, int64_t s, int64_t p) {
+  int64_t first = 0, last = kernel;
+  while (first < last && (out - 1) * s - p + first < 0) ++first;  // even the last output reads before 0
+  while (last > first && -p + (last - 1) >= size) --last;         // even the first output reads past the end
+  return {first, last};
+}
 
 Geometry geometry(const char* op, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                   at::IntArrayRef padding) {
@@ -46,11 +63,13 @@ Geometry geometry(const char* op, const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op,
               ": padding must be two ints >= 0, got ", padding);
   Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), weight.size(0), weight.size(2), weight.size(3),
-             stride[0], stride[1], padding[0], padding[1], 0, 0};
-  g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
-  g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+             stride[0], stride[1], padding[0], padding[1], 0, 0, 0, 0, 0, 0};
   TORCH_CHECK(g.h + 2 * g.ph >= g.kh && g.w + 2 * g.pw >= g.kw, op, ": the ", g.kh, "x", g.kw,
               " kernel does not fit the padded ", g.h, "x", g.w, " map (padding ", padding, ")");
+  g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
+  g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+  std::tie(g.ky0, g.ky1) = live_taps(g.kh, g.h, g.oh, g.sh, g.ph);
+  std::tie(g.kx0, g.kx1) = live_taps(g.kw, g.w, g.ow, g.sw, g.pw);
   return g;
 }
 
@@ -63,9 +82,9 @@ void im2col(const T* x, T* cols, const Geometry& g) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t ox = r % g.ow, oy = (r / g.ow) % g.oh, n = r / (g.ow * g.oh);
       T* dst = cols + r * k;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t ky = g.ky0; ky < g.ky1; ++ky) {
         const int64_t iy = oy * g.sh - g.ph + ky;
-        for (int64_t kx = 0; kx < g.kw; ++kx, dst += g.c) {
+        for (int64_t kx = g.kx0; kx < g.kx1; ++kx, dst += g.c) {
           const int64_t ix = ox * g.sw - g.pw + kx;
           if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
             std::memset(dst, 0, g.c * sizeof(T));
@@ -91,15 +110,16 @@ void col2im(const T* gcols, T* gx, const Geometry& g) {
       const int64_t n = nr / g.h, iy = nr % g.h;
       for (int64_t ix = 0; ix < g.w; ++ix) {
         std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t ky = g.ky0; ky < g.ky1; ++ky) {
           const int64_t ty = iy + g.ph - ky;  // = oy * sh for the output row that reads iy through ky
           if (ty < 0 || ty % g.sh != 0 || ty / g.sh >= g.oh) continue;
           const int64_t oy = ty / g.sh;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
+          for (int64_t kx = g.kx0; kx < g.kx1; ++kx) {
             const int64_t tx = ix + g.pw - kx;
             if (tx < 0 || tx % g.sw != 0 || tx / g.sw >= g.ow) continue;
             const int64_t ox = tx / g.sw;
-            const T* src = gcols + ((n * g.oh + oy) * g.ow + ox) * k + (ky * g.kw + kx) * g.c;
+            const T* src = gcols + ((n * g.oh + oy) * g.ow + ox) * k +
+                           ((ky - g.ky0) * g.taps_w() + (kx - g.kx0)) * g.c;
             for (int64_t c = 0; c < g.c; ++c) acc[c] += to_acc(src[c]);
           }
         }
@@ -118,9 +138,13 @@ at::Tensor cols_of(const at::Tensor& x, const Geometry& g) {
   return cols;
 }
 
-// The weight as the [O, K] matrix of (ky, kx, c) columns: a view of a channels_last weight.
+// The live taps of the weight as the [O, K] matrix of (ky, kx, c) columns: a view of a
+// channels_last weight when no tap is left out, else a copy of the live ones.
 at::Tensor weight_matrix(const at::Tensor& weight, const Geometry& g) {
-  return weight.permute({0, 2, 3, 1}).reshape({g.o, g.cols()});
+  return weight.permute({0, 2, 3, 1})
+      .slice(1, g.ky0, g.ky1)
+      .slice(2, g.kx0, g.kx1)
+      .reshape({g.o, g.cols()});
 }
 
 at::Tensor conv_im2col(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -157,7 +181,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_im2col_backward(const at::Te
     });
   }
   if (output_mask[1]) {
-    grad_w = cpu::mm(gm.t(), cols_of(x, g)).view({g.o, g.kh, g.kw, g.c}).permute({0, 3, 1, 2});
+    const at::Tensor live = cpu::mm(gm.t(), cols_of(x, g)).view({g.o, g.taps_h(), g.taps_w(), g.c});
+    if (g.trimmed()) {  // the taps left out read only zeros: their gradient is 0
+      at::Tensor full = at::zeros({g.o, g.kh, g.kw, g.c}, live.options());
+      full.slice(1, g.ky0, g.ky1).slice(2, g.kx0, g.kx1).copy_(live);
+      grad_w = full.permute({0, 3, 1, 2});
+    } else {
+      grad_w = live.permute({0, 3, 1, 2});
+    }
   }
   if (output_mask[2]) grad_b = gm.sum(0);
   return {grad_x, grad_w, grad_b};

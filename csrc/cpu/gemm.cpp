@@ -85,12 +85,16 @@ bool compact(const at::Tensor& t) {
 
 bool onednn_matmul_available() { return at::globalContext().userEnabledMkldnn() && usable_matmul() != nullptr; }
 
-at::Tensor mm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
-  const bool candidate = a.is_cpu() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-                         a.size(0) > 1 && a.size(1) > 1 && b.size(1) > 1 && compact(a) && compact(b) &&
+at::Tensor mm(const at::Tensor& a_in, const at::Tensor& b_in, const std::optional<at::Tensor>& bias) {
+  const bool candidate = a_in.is_cpu() && a_in.scalar_type() == at::kFloat && b_in.scalar_type() == at::kFloat &&
+                         a_in.size(0) > 1 && a_in.size(1) > 1 && b_in.size(1) > 1 &&
                          at::globalContext().userEnabledMkldnn();
   const MatmulFn f = candidate ? usable_matmul() : nullptr;
-  if (f == nullptr) return bias.has_value() ? at::addmm(*bias, a, b) : at::mm(a, b);
+  if (f == nullptr) return bias.has_value() ? at::addmm(*bias, a_in, b_in) : at::mm(a_in, b_in);
+  // oneDNN takes row-major or transposed operands; anything else (a strided slice) is copied once,
+  // as ATen's own oneDNN path does.
+  const at::Tensor a = compact(a_in) ? a_in : a_in.contiguous();
+  const at::Tensor b = compact(b_in) ? b_in : b_in.contiguous();
   at::Tensor out;
   if (bias.has_value()) {
     out = bias->expand({a.size(0), b.size(1)}).contiguous();  // the product is added to it (beta = 1)

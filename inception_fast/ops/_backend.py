@@ -102,11 +102,24 @@ def warn_once(key, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+# resolve()'s answers: it runs once per op call (a thousand times in a training step), and its
+# answer depends only on this key (the warning, if any, was given when the answer was first found).
+_resolved: dict = {}
+
+
 def resolve(x: torch.Tensor, op: str) -> str:
     """The backend that runs `op` on x: the requested one if it can, else the next, loudly."""
     requested = get_backend()
     if requested == "reference":
         return "reference"
+    key = (requested, x.device.type, x.dtype, triton_interpret())
+    backend = _resolved.get(key)
+    if backend is None:
+        backend = _resolved[key] = _resolve(requested, x, op)
+    return backend
+
+
+def _resolve(requested: str, x: torch.Tensor, op: str) -> str:
     order = _ORDER.get(x.device.type, ("reference",))
     candidates = order if requested == "auto" else (requested,) + tuple(b for b in order if b != requested)
     first_reason = None

@@ -43,6 +43,10 @@ def _stats_fake(x):
     return x.new_empty(c, dtype=acc_dtype(x.dtype)), x.new_empty(c, dtype=acc_dtype(x.dtype))
 
 
+def _stats_train_fake(x, running_mean, running_var, momentum, eps):
+    return _stats_fake(x)
+
+
 def _apply_fake(x, weight, bias, mean, invstd, training):
     torch._check(x.dim() == 4, lambda: f"bn_relu_apply: expected a 4-D input, got {x.dim()}-D")
     for t, n in ((weight, "weight"), (bias, "bias"), (mean, "mean"), (invstd, "invstd")):
@@ -65,6 +69,8 @@ _library.register_fake("bn_stats", _stats_fake)
 _library.register_fake("bn_relu_apply", _apply_fake)
 _library.register_fake("bn_relu_backward_reduce", _reduce_fake)
 _library.register_fake("bn_relu_backward_elemt", _elemt_fake)
+if _library._ext.loaded():  # C++ only (the Triton path does these steps in Python)
+    torch.library.register_fake(f"{_library._ext.OPS_NAMESPACE}::bn_stats_train", _stats_train_fake)
 
 
 # ---- autograd of bn_relu_apply ---------------------------------------------------------------------
