@@ -37,6 +37,7 @@ def use_fused(enabled: bool = True):
 
 class _PathMixin:
     fused: bool | None = None
+    __jit_ignored_attributes__ = ["fused"]  # Python-only: TorchScript compiles the reference path
 
     def _use_fused(self) -> bool:
         return fused_enabled() if self.fused is None else self.fused
@@ -61,10 +62,13 @@ class ConvBNReLU(_PathMixin, nn.Module):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._use_fused():
-            # In place, as the peers' BasicConv2d: the BatchNorm output is this layer's own tensor.
+        if torch.jit.is_scripting():  # TorchScript compiles the reference path only
             return F.relu(self.bn(self.conv(x)), inplace=True)
-        return bn_relu_module(self.bn, conv2d_fast(self.conv, x), self.training)
+        else:
+            if not self._use_fused():
+                # In place, as the peers' BasicConv2d: the BatchNorm output is this layer's own tensor.
+                return F.relu(self.bn(self.conv(x)), inplace=True)
+            return bn_relu_module(self.bn, conv2d_fast(self.conv, x), self.training)
 
 
 def _gemm_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
@@ -180,11 +184,17 @@ class ScaledResidual(_PathMixin, nn.Module):
         self.fused = fused
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if not self._use_fused():
-            # timm's / facenet's order of operations (out * scale + x), ReLU in place on the sum.
-            y = branch * self.scale + shortcut
-            return F.relu(y, inplace=True) if self.relu else y
-        return scaled_residual_add(shortcut, branch, self.scale, self.relu)
+        if torch.jit.is_scripting():  # TorchScript compiles the reference path only
+            return self._reference(shortcut, branch)
+        else:
+            if not self._use_fused():
+                return self._reference(shortcut, branch)
+            return scaled_residual_add(shortcut, branch, self.scale, self.relu)
+
+    def _reference(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        # timm's / facenet's order of operations (out * scale + x), ReLU in place on the sum.
+        y = branch * self.scale + shortcut
+        return F.relu(y, inplace=True) if self.relu else y
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, relu={self.relu}"
@@ -228,12 +238,12 @@ class ResidualBlock(_PathMixin, BranchBlock):
     reads and sets its factor and `no_relu` tells whether the ReLU is left out, as the peers' blocks
     expose them."""
 
-    conv2d: nn.Conv2d
-    residual: ScaledResidual
-
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The up-projection self.conv2d(x), on this block's path (a GEMM on the fused path)."""
-        return conv2d_fast(self.conv2d, x) if self._use_fused() else self.conv2d(x)
+        if torch.jit.is_scripting():
+            return self.conv2d(x)
+        else:
+            return conv2d_fast(self.conv2d, x) if self._use_fused() else self.conv2d(x)
 
     @property
     def scale(self) -> float:

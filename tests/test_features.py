@@ -178,3 +178,37 @@ def test_pretrained_cfg_claims_hold(name, in_chans):
     assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"]) and feats.shape[1] == m.num_features
     for key in ("mean", "std", "crop_pct", "interpolation", "url"):
         assert key in cfg, key
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_torch_jit_script(case, fused, tmp_path):
+    # torch.jit.script compiles the reference path's inference forward, whatever path the model is
+    # set to: the same outputs as the model's reference path in eval mode, the model's own parameters
+    # under the model's own state_dict keys, the input checks, a save/load round trip; the model is
+    # left as it was. BN-Inception (whose peer does not script either) says it cannot be.
+    net = _model(case, fused).eval()
+    if case.name == "bn_inception":
+        with pytest.raises(RuntimeError, match="cannot be scripted"):
+            torch.jit.script(net)
+        return
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        want = copy.deepcopy(net).set_fused(False)(x)
+        assert rel_err(scripted(x), want) < 1e-5
+        assert rel_err(net(x), want) < 1e-5  # the model still runs its own path
+    own = net.state_dict()
+    got = scripted.state_dict()
+    assert set(got) <= set(own) and all(k.startswith(("AuxLogits.", "aux1.", "aux2.")) for k in set(own) - set(got))
+    assert all(got[k].data_ptr() == own[k].data_ptr() for k in got)  # shared, not copied
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    side = net.min_input_size
+    with pytest.raises(torch.jit.Error, match=f"at least {side}x{side}"):
+        scripted(torch.randn(1, 3, side - 1, side - 1))
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(scripted, str(path))
+    with torch.no_grad():
+        assert torch.equal(torch.jit.load(str(path))(x), scripted(x))

@@ -7,6 +7,8 @@
 - `set_fused(True | False | None)`: the path of every layer of this model (None: the global choice);
 - `check_input(x)` (returns x): a too-small or malformed input gets a ValueError naming the minimum
   size, not a shape error from deep inside the network (a torch.fx leaf, so the reference path traces);
+- `torch.jit.script(model)`: a ScriptModule of the reference path's inference forward (see
+  `__prepare_scriptable__`);
 - timm's feature extraction: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`
   and `FeatureListNet` (create_model(..., features_only=True)), from each model's `layer_names`
   (the layers of forward_features in order) and `feature_taps` (the stage outputs).
@@ -18,6 +20,7 @@ dropout have no parameters, so only the classifier's name shows in the state_dic
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 import torch
@@ -90,6 +93,37 @@ class GlobalPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
+
+
+class ScriptInput(nn.Module):
+    """The input checks of a scripted model (check_image_batch in TorchScript), then transform_input
+    where the model has it. No parameters."""
+
+    def __init__(self, name: str, in_chans: int, min_size: int, transform_input: bool):
+        super().__init__()
+        self.name = name
+        self.in_chans = in_chans
+        self.min_size = min_size
+        self.transform_input = transform_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"{self.name} takes a 4-D (N, C, H, W) batch, got {x.dim()} dimensions")
+        if self.in_chans > 0 and x.size(1) != self.in_chans:
+            raise ValueError(f"{self.name} was built for {self.in_chans} input channels (in_chans), got {x.size(1)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.name} takes a floating-point input")
+        if min(x.size(2), x.size(3)) < self.min_size:
+            raise ValueError(f"{self.name} needs an input of at least {self.min_size}x{self.min_size} pixels, "
+                             f"got {x.size(2)}x{x.size(3)}")
+        return imagenet_to_inception_input(x) if self.transform_input else x
+
+
+class L2Normalize(nn.Module):
+    """F.normalize(x, p=2, dim=1) as a module (the face model's embedding, scripted)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=2.0, dim=1)
 
 
 class InceptionModel(nn.Module):
@@ -290,6 +324,33 @@ class InceptionModel(nn.Module):
         if enabled is not None:
             set_conv_weight_layout(self, channels_last=enabled)
         return self
+
+    # -- TorchScript ----------------------------------------------------------------------------
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What torch.jit.script(model) compiles: an nn.Sequential of this model's own modules (shared,
+        not copied) under their own names -- input checks (and transform_input), the layers of
+        forward_features, the head -- so the ScriptModule's state_dict keys are the model's (less the
+        auxiliary heads, which it does not run). It computes forward(x) of the reference path as
+        the model does in eval mode (TorchScript compiles the reference path of every layer, whatever
+        set_fused says; its mode follows the model's `training` flag, but it returns the logits only,
+        without the auxiliary outputs). The model itself is not changed."""
+        if type(self)._run_layer is not InceptionModel._run_layer:
+            raise RuntimeError(f"{type(self).__name__} cannot be scripted (its layers are not modules; its peer "
+                               "is not scriptable either): use torch.export.export or torch.compile")
+        entries = [("input_check", ScriptInput(type(self).__name__, int(getattr(self, "in_chans", 0) or 0),
+                                               int(self.min_input_size), bool(getattr(self, "transform_input", False))))]
+        for name in self.layer_names:
+            top = name.split(".")[0]  # v4's layers are the entries of its `features` Sequential
+            if top not in dict(entries):
+                entries.append((top, getattr(self, top)))
+        entries += self._script_head()
+        twin = nn.Sequential(OrderedDict(entries))
+        twin.training = self.training
+        return twin
+
+    def _script_head(self) -> list[tuple[str, nn.Module]]:
+        """forward_head as (name, module) steps."""
+        return [(a, getattr(self, a)) for a in (self._pool_attr, self._drop_attr, self._classifier_attr)]
 
     # -- input checks -------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inception_fast.layers import BranchBlock, ConvBNReLU, ResidualBlock, ScaledResidual
-from inception_fast.models._base import GlobalPool2d, InceptionModel
+from inception_fast.models._base import GlobalPool2d, InceptionModel, L2Normalize
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained, read_state_dict
 
@@ -279,6 +279,14 @@ class InceptionResnetV1(InceptionModel):
             self.embedding_size = None
         InceptionModel.reset_classifier(self, 0, "")
         self.head_hidden_size = self.num_features
+
+    def _script_head(self):
+        if self.embedding_size is None:
+            return super()._script_head()
+        steps = [(a, getattr(self, a)) for a in (self._pool_attr, self._drop_attr, "last_linear", "last_bn")]
+        if self.num_classes > 0:
+            return steps + [(self._classifier_attr, getattr(self, self._classifier_attr))]
+        return steps + [("l2_normalize", L2Normalize())]
 
     def forward_head(self, x, pre_logits: bool = False):
         """The ImageNet model: as every model (pooled features with pre_logits=True).

@@ -105,9 +105,8 @@ class InceptionC(BranchBlock):
     def forward(self, x):
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        bd = self.branch7x7dbl_1(x)
-        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            bd = conv(bd)
+        bd = self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))
+        bd = self.branch7x7dbl_5(self.branch7x7dbl_4(bd))
         bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
         return torch.cat([b1, b7, bd, bp], 1)
 
@@ -129,9 +128,7 @@ class InceptionD(BranchBlock):
 
     def forward(self, x):
         b3 = self.branch3x3_2(self.branch3x3_1(x))
-        b7 = self.branch7x7x3_1(x)
-        for conv in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
-            b7 = conv(b7)
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
         return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
     def branches(self):
