@@ -178,6 +178,10 @@ def test_pretrained_cfg_claims_hold(name, in_chans):
     assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"]) and feats.shape[1] == m.num_features
     for key in ("mean", "std", "crop_pct", "interpolation", "url"):
         assert key in cfg, key
+    assert cfg["architecture"] == name and isinstance(cfg["tag"], str)
+    timm = pytest.importorskip("timm")
+    if name in timm.list_models():  # every field timm's own cfg of the model has
+        assert set(timm.create_model(name, pretrained=False).pretrained_cfg) - {"url"} <= set(cfg)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -212,3 +216,54 @@ def test_torch_jit_script(case, fused, tmp_path):
     torch.jit.save(scripted, str(path))
     with torch.no_grad():
         assert torch.equal(torch.jit.load(str(path))(x), scripted(x))
+
+
+def _saved_bytes(fn):
+    """Bytes autograd keeps for the backward of fn() (what activation checkpointing saves)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_grad_checkpointing(case, fused):
+    # set_grad_checkpointing(): a training step gives exactly the loss, gradients and BatchNorm
+    # running statistics (num_batches_tracked + 1, not + 2) of a plain one, keeps less for the
+    # backward, and is off in eval / under no_grad.
+    plain = _model(case, fused).train()
+    if case.name == "inception_v3":  # its auxiliary head needs a 299x299 input
+        plain._drop_aux_heads()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    x = torch.randn(2, 3, case.own_small, case.own_small)
+    target = torch.randint(0, 10, (2,))
+    losses, saved = [], []
+    for net in (plain, ckpt):
+        torch.manual_seed(3)  # the same dropout masks
+        out, nbytes = _saved_bytes(lambda: net(x))
+        out = out[0] if isinstance(out, tuple) else out
+        loss = out[:, :10].float().logsumexp(1).sub(out[torch.arange(2), target]).mean()
+        loss.backward()
+        losses.append(loss.item())
+        saved.append(nbytes)
+    assert losses[0] == losses[1]
+    assert saved[1] < 0.75 * saved[0], saved  # each layer keeps its input only
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert rel_err(q.grad, p.grad) < 1e-6, name
+    ref = plain.state_dict()
+    for k, v in ckpt.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    ckpt.eval()
+    with torch.no_grad():
+        assert rel_err(ckpt(x), plain.eval()(x)) < 1e-6

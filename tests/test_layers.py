@@ -195,3 +195,33 @@ def test_model_set_fused_sets_the_weight_layout():
     assert kxk.is_contiguous(memory_format=torch.channels_last)  # None: the path only
     m.set_fused(False)
     assert kxk.is_contiguous()
+
+
+def test_fused_ops_under_activation_checkpointing():
+    # The C++ autograd of each fused op unpacks its saved tensors where a non-reentrant
+    # torch.utils.checkpoint can recompute them (a recomputation inside the backward's dispatch
+    # guard would record nothing): same gradients with and without checkpointing.
+    from torch.utils.checkpoint import checkpoint
+
+    from inception_fast import layers
+
+    torch.manual_seed(0)
+    block = nn.Sequential(layers.ConvBNReLU(6, 8, 1), layers.ConvBNReLU(8, 8, 3, padding=1)).train()
+    layers.set_conv_weight_layout(block, channels_last=True)
+    res = layers.ScaledResidual(0.3)
+    x = torch.randn(3, 6, 3, 3, requires_grad=True)
+
+    def f(x):
+        y = block(x)
+        return res(y, y * 0.5)
+
+    grads = []
+    for use_ckpt in (False, True):
+        for p in list(block.parameters()) + [x]:
+            p.grad = None
+        with layers.use_fused(True):
+            out = checkpoint(f, x, use_reentrant=False) if use_ckpt else f(x)
+            out.square().sum().backward()
+        grads.append([p.grad.clone() for p in list(block.parameters()) + [x]])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

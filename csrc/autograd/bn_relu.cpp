@@ -65,8 +65,10 @@ class BNReLUApply : public torch::autograd::Function<BNReLUApply> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::AutoDispatchBelowADInplaceOrView guard;
+    // Unpack the saved tensors before the guard: unpacking may run a torch.utils.checkpoint
+    // recomputation, whose ops must record autograd (they would not under the guard).
     auto saved = ctx->get_saved_variables();
+    at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor& x = saved[0];
     OptTensor w = opt(saved[1]), b = opt(saved[2]);
     const at::Tensor& mean = saved[3];

@@ -49,11 +49,13 @@ class ConvIm2col : public torch::autograd::Function<ConvIm2col> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // Unpack the saved tensors before the guard: unpacking may run a torch.utils.checkpoint
+    // recomputation, whose ops must record autograd (they would not under the guard).
+    auto saved = ctx->get_saved_variables();
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor& g = grads[0];
     const variable_list none = {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     if (!g.defined()) return none;
-    auto saved = ctx->get_saved_variables();
     at::Tensor x = saved[0];
     const at::Tensor& weight = saved[1];
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),

@@ -38,13 +38,16 @@ class ScaledResidualAdd : public torch::autograd::Function<ScaledResidualAdd> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // Unpack the saved tensors before the guard: unpacking may run a torch.utils.checkpoint
+    // recomputation, whose ops must record autograd (they would not under the guard).
+    auto saved = ctx->get_saved_variables();
     at::AutoDispatchBelowADInplaceOrView guard;
     const double scale = ctx->saved_data["scale"].toDouble();
     const bool relu = ctx->saved_data["relu"].toBool();
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     if (!relu) return {g, g.mul(scale), at::Tensor(), at::Tensor()};
-    const at::Tensor out = ctx->get_saved_variables()[0];
+    const at::Tensor out = saved[0];
     at::Tensor gl = g.strides() == out.strides() ? g : at::empty_like(out).copy_(g);
     auto [grad_x, grad_r] = backward_op(gl, out, scale, true);
     return {ctx->needs_input_grad(0) ? grad_x : at::Tensor(), ctx->needs_input_grad(1) ? grad_r : at::Tensor(),

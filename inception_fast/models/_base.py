@@ -5,6 +5,8 @@
 - `pretrained_cfg` (alias `default_cfg`): the record of the input the weights expect (size, mean/std,
   crop, interpolation) and of where they come from, with timm's field names;
 - `set_fused(True | False | None)`: the path of every layer of this model (None: the global choice);
+- `set_grad_checkpointing()`: in training, each layer of forward_features keeps only its input and
+  recomputes the rest in the backward (the BatchNorm running statistics updated once, not twice);
 - `check_input(x)` (returns x): a too-small or malformed input gets a ValueError naming the minimum
   size, not a shape error from deep inside the network (a torch.fx leaf, so the reference path traces);
 - `torch.jit.script(model)`: a ScriptModule of the reference path's inference forward (see
@@ -19,6 +21,7 @@ dropout have no parameters, so only the classifier's name shows in the state_dic
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
 from typing import Any, ClassVar
@@ -26,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from inception_fast.layers import _PathMixin, set_conv_weight_layout
 
@@ -126,6 +130,27 @@ class L2Normalize(nn.Module):
         return F.normalize(x, p=2.0, dim=1)
 
 
+class _KeepBatchNormState:
+    """Context manager: the running statistics and num_batches_tracked of `batchnorms` are, on exit,
+    what they were on entry (checkpoint's recomputation runs BatchNorm in training mode again)."""
+
+    def __init__(self, batchnorms):
+        self.batchnorms = batchnorms
+
+    def __enter__(self):
+        self.saved = [[None if t is None else t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+                      for m in self.batchnorms]
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for m, saved in zip(self.batchnorms, self.saved):
+                for t, old in zip((m.running_mean, m.running_var, m.num_batches_tracked), saved):
+                    if t is not None:
+                        t.copy_(old)
+        return False
+
+
 class InceptionModel(nn.Module):
     """Base class of the six models. A subclass builds its layers, calls `_init_head(...)` for the
     pooling/dropout/classifier, and declares `layer_names` (the layers forward_features runs in order); `forward` is
@@ -163,6 +188,11 @@ class InceptionModel(nn.Module):
         setattr(self, self._classifier_attr, self._make_classifier(self.num_features * pool.feat_mult(),
                                                                    self.num_classes))
         self.pretrained_cfg = dict(copy.deepcopy(self.default_cfg_template), num_classes=self.num_classes)
+        # timm's fields that are the same for all six: the weights load with plain load_state_dict,
+        # and any input size from min_input_size up is taken.
+        self.pretrained_cfg.setdefault("custom_load", False)
+        self.pretrained_cfg.setdefault("fixed_input_size", False)
+        self.pretrained_cfg.setdefault("hf_hub_id", None)  # weights not on the Hugging Face hub
 
     def _make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
         if num_classes <= 0:
@@ -244,7 +274,31 @@ class InceptionModel(nn.Module):
         return self.check_input(x)
 
     def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._call_layer, name, x, use_reentrant=False,
+                                                     context_fn=lambda: (contextlib.nullcontext(),
+                                                                         _KeepBatchNormState(self._batchnorms_of(name))))
+        return self._call_layer(name, x)
+
+    def _call_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Layer `name` of forward_features applied to x."""
         return self.get_submodule(name)(x)
+
+    def _batchnorms_of(self, name: str) -> list[nn.Module]:
+        """The BatchNorm modules layer `name` runs (a superset does no harm)."""
+        return [m for m in self.get_submodule(name).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    # -- gradient checkpointing (timm's set_grad_checkpointing) ------------------------------------
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """In training (with gradients on), run each layer of forward_features under
+        torch.utils.checkpoint: only the layer's input is kept for the backward, which runs the layer
+        again (same random numbers) to get what it needs -- less memory for more compute. The
+        recomputation would update the BatchNorm running statistics (and num_batches_tracked) a
+        second time; they are put back as the forward left them, so a checkpointed step leaves the
+        model exactly as a plain one does. The auxiliary heads and the classifier are not checkpointed."""
+        self.grad_checkpointing = bool(enable)
 
     def _take_indices(self, indices) -> tuple[list[int], int]:
         n = len(self.feature_taps)
@@ -334,7 +388,7 @@ class InceptionModel(nn.Module):
         the model does in eval mode (TorchScript compiles the reference path of every layer, whatever
         set_fused says; its mode follows the model's `training` flag, but it returns the logits only,
         without the auxiliary outputs). The model itself is not changed."""
-        if type(self)._run_layer is not InceptionModel._run_layer:
+        if type(self)._call_layer is not InceptionModel._call_layer:
             raise RuntimeError(f"{type(self).__name__} cannot be scripted (its layers are not modules; its peer "
                                "is not scriptable either): use torch.export.export or torch.compile")
         entries = [("input_check", ScriptInput(type(self).__name__, int(getattr(self, "in_chans", 0) or 0),

@@ -126,6 +126,8 @@ class BNInception(_PathMixin, InceptionModel):
     feature_taps = (("conv1_7x7_s2", 64, 2), ("conv2_3x3", 192, 4), ("inception_3b", 320, 8),
                     ("inception_4d", 608, 16), ("inception_5b", 1024, 32))
     default_cfg_template = {
+        "license": "bsd-3-clause",  # the weights' source's
+        "architecture": "bn_inception", "tag": "imagenet",
         "url": "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth",
         "peer": "pretrainedmodels.bninception (pretrained='imagenet')",
         "input_size": (3, 224, 224), "pool_size": (7, 7), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
@@ -226,7 +228,11 @@ class BNInception(_PathMixin, InceptionModel):
     def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:
         return _check_sides(super().check_input(x, min_size))
 
-    def _run_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _batchnorms_of(self, name: str) -> list[nn.Module]:
+        # A layer's modules are flat, named after it (conv2_3x3_bn; inception_3a_1x1_bn, ...).
+        return [m for n, m in self.named_children() if n.startswith(name + "_") and isinstance(m, nn.BatchNorm2d)]
+
+    def _call_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name in self.__dict__.get("_pruned_layers", ()):
             return x
         block = _BLOCK_BY_NAME.get(name)

@@ -89,6 +89,8 @@ class GoogLeNet(InceptionModel):
     feature_taps = (("conv1", 64, 2), ("conv3", 192, 4), ("inception3b", 480, 8), ("inception4e", 832, 16),
                     ("inception5b", 1024, 32))
     default_cfg_template = {
+        "license": "bsd-3-clause",  # the weights' source's
+        "architecture": "googlenet", "tag": "tv_in1k",
         "url": "https://download.pytorch.org/models/googlenet-1378be20.pth",
         "peer": "torchvision.models.googlenet (weights=GoogLeNet_Weights.IMAGENET1K_V1)",
         "input_size": (3, 224, 224), "pool_size": (7, 7), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
@@ -142,19 +144,17 @@ class GoogLeNet(InceptionModel):
         return imagenet_to_inception_input(x) if self.transform_input else x
 
     def _features(self, x, with_aux: bool):
-        x = self.check_input(x)
-        x = self._transform_input(x)
-        x = self.maxpool1(self.conv1(x))
-        x = self.maxpool2(self.conv3(self.conv2(x)))
-        x = self.maxpool3(self.inception3b(self.inception3a(x)))
-        x = self.inception4a(x)
-        # The heads run where torchvision runs them, so their dropouts draw from the random
-        # generator in the same order (aux1, aux2, then the main head).
-        aux1 = self.aux1(x) if with_aux else None
-        x = self.inception4d(self.inception4c(self.inception4b(x)))
-        aux2 = self.aux2(x) if with_aux else None
-        x = self.maxpool4(self.inception4e(x))
-        return self.inception5b(self.inception5a(x)), aux2, aux1
+        x = self._prepare_input(x)
+        aux1 = aux2 = None
+        for name in self.layer_names:
+            x = self._run_layer(name, x)
+            # The heads run where torchvision runs them, so their dropouts draw from the random
+            # generator in the same order (aux1, aux2, then the main head).
+            if name == "inception4a" and with_aux:
+                aux1 = self.aux1(x)
+            elif name == "inception4d" and with_aux:
+                aux2 = self.aux2(x)
+        return x, aux2, aux1
 
     def _prepare_input(self, x):
         x = self.check_input(x)

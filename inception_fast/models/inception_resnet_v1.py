@@ -174,7 +174,7 @@ FACENET_MEAN, FACENET_STD = (0.5, 0.5, 0.5), (128 / 255,) * 3
 # The face model's record: 160x160 crops as facenet-pytorch's MTCNN cuts them (margin and all, no
 # further crop; PIL bilinear resize), with facenet's fixed standardisation.
 FACE_CFG = {
-    "url": FACENET_WEIGHTS["vggface2"][0],
+    "url": FACENET_WEIGHTS["vggface2"][0], "tag": "vggface2",
     "peer": "facenet_pytorch.InceptionResnetV1 (pretrained='vggface2' | 'casia-webface')",
     "input_size": (3, 160, 160), "pool_size": (3, 3), "crop_pct": 1.0, "crop_mode": "center",
     "interpolation": "bilinear", "mean": FACENET_MEAN, "std": FACENET_STD,
@@ -202,6 +202,8 @@ class InceptionResnetV1(InceptionModel):
     feature_taps = (("conv2d_2b", 64, 2), ("conv2d_4a", 192, 4), ("repeat_1", 256, 8), ("repeat_2", 896, 16),
                     ("block8", 1792, 32))
     default_cfg_template = {
+        "license": "mit",  # the weights' source's
+        "architecture": "inception_resnet_v1", "tag": "",
         "url": "",  # no published ImageNet weights for Inception-ResNet-v1
         "peer": "facenet_pytorch.InceptionResnetV1 (the architecture; the paper's ImageNet head)",
         "input_size": (3, 299, 299), "pool_size": (8, 8), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
@@ -334,7 +336,7 @@ def inception_resnet_v1(pretrained: bool | str = False, **kwargs) -> InceptionRe
                 kwargs.setdefault("num_classes", 0)
     model = InceptionResnetV1(**kwargs)
     if pretrained in FACENET_WEIGHTS:
-        model.pretrained_cfg["url"] = FACENET_WEIGHTS[pretrained][0]
+        model.pretrained_cfg.update(url=FACENET_WEIGHTS[pretrained][0], tag=pretrained)
         load_pretrained(model, _facenet_source(pretrained))
     elif state is not None:
         load_pretrained(model, state)

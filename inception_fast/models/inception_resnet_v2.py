@@ -167,6 +167,7 @@ class InceptionResnetV2(InceptionModel):
     feature_taps = (("conv2d_2b", 64, 2), ("conv2d_4a", 192, 4), ("repeat", 320, 8), ("repeat_1", 1088, 16),
                     ("conv2d_7b", 1536, 32))  # timm's inception_resnet_v2 feature_info
     default_cfg_template = {
+        "architecture": "inception_resnet_v2", "tag": "tf_in1k",
         "url": "https://huggingface.co/timm/inception_resnet_v2.tf_in1k/resolve/main/model.safetensors",
         "hf_hub_id": "timm/inception_resnet_v2.tf_in1k",
         "peer": "timm inception_resnet_v2 (timm.create_model('inception_resnet_v2', pretrained=True): tf_in1k weights)",

@@ -198,6 +198,8 @@ class Inception3(InceptionModel):
     feature_taps = (("Conv2d_2b_3x3", 64, 2), ("Conv2d_4a_3x3", 192, 4), ("Mixed_5d", 288, 8), ("Mixed_6e", 768, 16),
                     ("Mixed_7c", 2048, 32))  # timm's inception_v3 feature_info
     default_cfg_template = {
+        "license": "bsd-3-clause",  # the weights' source's
+        "architecture": "inception_v3", "tag": "tv_in1k",
         "url": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
         "peer": "torchvision.models.inception_v3 (weights=Inception_V3_Weights.IMAGENET1K_V1); timm inception_v3",
         "input_size": (3, 299, 299), "pool_size": (8, 8), "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
@@ -254,17 +256,14 @@ class Inception3(InceptionModel):
         self.aux_logits = False
 
     def _features(self, x, with_aux: bool):
-        x = self.check_input(x)
-        x = self._transform_input(x)
-        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
-        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(
-            self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))))))
+        x = self._prepare_input(x)
         aux = None
-        if with_aux:
-            _check_aux_grid(x)
-            aux = self.AuxLogits(x)
-        return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x))), aux
+        for name in self.layer_names:
+            x = self._run_layer(name, x)
+            if name == "Mixed_6e" and with_aux:  # the auxiliary head reads the 17x17 grid
+                _check_aux_grid(x)
+                aux = self.AuxLogits(x)
+        return x, aux
 
     def forward_features(self, x):
         """The 2048-channel map before pooling (transform_input applied, as in forward)."""

@@ -195,6 +195,7 @@ class InceptionV4(InceptionModel):
     feature_taps = (("features.2", 64, 2), ("features.3", 160, 4), ("features.9", 384, 8), ("features.17", 1024, 16),
                     ("features.21", 1536, 32))  # timm's inception_v4 feature_info
     default_cfg_template = {
+        "architecture": "inception_v4", "tag": "tf_in1k",
         "url": "https://huggingface.co/timm/inception_v4.tf_in1k/resolve/main/model.safetensors",
         "hf_hub_id": "timm/inception_v4.tf_in1k",
         "peer": "timm inception_v4 (timm.create_model('inception_v4', pretrained=True): tf_in1k weights)",
