@@ -267,3 +267,33 @@ def test_grad_checkpointing(case, fused):
     ckpt.eval()
     with torch.no_grad():
         assert rel_err(ckpt(x), plain.eval()(x)) < 1e-6
+
+
+@pytest.mark.parametrize("fused", PATHS, ids=["fused", "reference"])
+@pytest.mark.parametrize("name", models.list_models())
+def test_forward_backward_at_cfg_size_and_small(name, fused):
+    # Training forward + backward at the cfg's input size (with the auxiliary heads where the model
+    # has them) and at a small one: every parameter gets a finite gradient; then the classifier
+    # interface's shapes (forward_features, forward_head, reset_classifier(0)).
+    torch.manual_seed(0)
+    net = models.create_model(name).train().set_fused(fused)
+    side = net.pretrained_cfg["input_size"][-1]
+    small = 64 if name == "bn_inception" else 75
+    for size, batch in ((side, 2), (small, 2)):
+        if size == small and getattr(net, "aux_logits", False):
+            net._drop_aux_heads()  # v3's auxiliary head needs the 299x299 grid
+        net.zero_grad(set_to_none=True)
+        out = net(torch.randn(batch, 3, size, size))
+        outs = list(out) if isinstance(out, tuple) else [out]
+        sum(o.float().square().mean() for o in outs if o is not None).backward()
+        missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.isfinite().all()]
+        assert not missing, (size, missing[:5])
+    net.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, small, small)
+        feats = net.forward_features(x)
+        assert feats.shape[:2] == (2, net.num_features)
+        assert net.forward_head(feats, pre_logits=True).shape[0] == 2
+        assert net.forward_head(feats).shape == (2, net.num_classes)
+        net.reset_classifier(0)
+        assert net(x).shape[0] == 2 and net.get_classifier() is not None
