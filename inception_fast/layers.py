@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from inception_fast._settings import Setting
 from inception_fast.ops import bn_relu, conv1x1, conv_im2col, scaled_residual_add
+from inception_fast.ops.conv_im2col import output_size as im2col_output_size
 from inception_fast.ops.conv_im2col import worth_it as im2col_worth_it
 
 _fused = Setting(True, bool)
@@ -92,11 +93,10 @@ def _im2col_args(conv: nn.Conv2d, x: torch.Tensor):
     if x.device.type != "cpu" or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" \
             or isinstance(conv.padding, str):
         return None
-    (kh, kw), stride, (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    oh, ow = (x.shape[2] + 2 * ph - kh) // stride[0] + 1, (x.shape[3] + 2 * pw - kw) // stride[1] + 1
-    if oh < 1 or ow < 1 or not im2col_worth_it(oh, ow, stride):
+    oh, ow = im2col_output_size(x.shape[2:], conv.kernel_size, conv.stride, conv.padding)
+    if oh < 1 or ow < 1 or not im2col_worth_it(oh, ow, conv.stride):
         return None
-    return stride, (ph, pw)
+    return conv.stride, conv.padding
 
 
 def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,13 @@ def conv_im2col_reference(x, weight, bias=None, stride=(1, 1), padding=(0, 0)):
     return F.conv2d(x, weight, bias, stride=stride, padding=padding)
 
 
+def output_size(in_hw, kernel, stride, padding) -> tuple[int, int]:
+    """(OH, OW) of a convolution (no dilation) of an in_hw map; < 1 where the kernel does not fit."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(in_hw, kernel, stride, padding))
+
+
 def _out_size(x, weight, stride, padding):
-    return ((x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1,
-            (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1)
+    return output_size(x.shape[2:], weight.shape[2:], stride, padding)
 
 
 def _fake(x, weight, bias, stride, padding):
