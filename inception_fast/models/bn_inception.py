@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import _PathMixin, bn_relu_module, conv2d_fast
+from inception_fast.layers import MaxPool2d, _PathMixin, bn_relu_module, conv2d_fast
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -144,10 +144,10 @@ class BNInception(_PathMixin, InceptionModel):
         # conv1_relu_7x7, inception_3a_1x1 -> inception_3a_relu_1x1).
         self._relu_of: dict[str, str] = {}
         self._add_conv_bn_relu("conv1_7x7_s2", "conv1_relu_7x7", in_chans, 64, 7, stride=2)
-        self.pool1_3x3_s2 = nn.MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
+        self.pool1_3x3_s2 = MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
         self._add_conv_bn_relu("conv2_3x3_reduce", "conv2_relu_3x3_reduce", 64, 64, 1)
         self._add_conv_bn_relu("conv2_3x3", "conv2_relu_3x3", 64, 192, 3)
-        self.pool2_3x3_s2 = nn.MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
+        self.pool2_3x3_s2 = MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
         channels = 192
         for block in BLOCKS:
             channels = self._add_block(block, channels)
@@ -177,9 +177,9 @@ class BNInception(_PathMixin, InceptionModel):
         unit("double_3x3_2", b.chdbl, b.chdbl, 3, b.stride)
         # The peer's arguments as it writes them, so that the modules print the same.
         if b.stride == 2:
-            pool = nn.MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
+            pool = MaxPool2d((3, 3), stride=(2, 2), dilation=(1, 1), ceil_mode=True)
         elif b.pool == "max":
-            pool = nn.MaxPool2d((3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), ceil_mode=True)
+            pool = MaxPool2d((3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), ceil_mode=True)
         else:
             pool = nn.AvgPool2d(3, stride=1, padding=1, ceil_mode=True, count_include_pad=True)
         setattr(self, f"{b.name}_pool", pool)

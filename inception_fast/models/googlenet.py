@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import BranchBlock, ConvBNReLU
+from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d
 from inception_fast.models._base import InceptionModel, imagenet_to_inception_input
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -45,7 +45,7 @@ class Inception(BranchBlock):
         # 3x3, not the paper's 5x5: the weights were trained with 3x3 here (pytorch/vision#906).
         self.branch3 = nn.Sequential(ConvBNReLU(in_channels, ch5x5red, kernel_size=1),
                                      ConvBNReLU(ch5x5red, ch5x5, kernel_size=3, padding=1))
-        self.branch4 = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+        self.branch4 = nn.Sequential(MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
                                      ConvBNReLU(in_channels, pool_proj, kernel_size=1))
 
     def forward(self, x):
@@ -111,19 +111,19 @@ class GoogLeNet(InceptionModel):
         # Registration order is torchvision's: the state_dict keys come out in the same order, and the
         # same seed gives the same initial weights.
         self.conv1 = ConvBNReLU(in_chans, 64, kernel_size=7, stride=2, padding=3)
-        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool1 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.conv2 = ConvBNReLU(64, 64, kernel_size=1)
         self.conv3 = ConvBNReLU(64, 192, kernel_size=3, padding=1)
-        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool2 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
         self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
-        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool3 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
         self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
         self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
         self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
         self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
-        self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.maxpool4 = MaxPool2d(2, stride=2, ceil_mode=True)
         self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
         self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
         if aux_logits:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, ResidualBlock, ScaledResidual
+from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d, ResidualBlock, ScaledResidual
 from inception_fast.models._base import GlobalPool2d, InceptionModel, L2Normalize
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained, read_state_dict
@@ -136,7 +136,7 @@ class Mixed_6a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
             ConvBNReLU(192, 192, kernel_size=3, padding=1),
             ConvBNReLU(192, 256, kernel_size=3, stride=2),
         )
-        self.branch2 = nn.MaxPool2d(3, stride=2)
+        self.branch2 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
@@ -160,7 +160,7 @@ class Mixed_7a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
             ConvBNReLU(256, 256, kernel_size=3, padding=1),
             ConvBNReLU(256, 256, kernel_size=3, stride=2),
         )
-        self.branch3 = nn.MaxPool2d(3, stride=2)
+        self.branch3 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
@@ -222,7 +222,7 @@ class InceptionResnetV1(InceptionModel):
         self.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
         self.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
         self.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+        self.maxpool_3a = MaxPool2d(3, stride=2)
         self.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
         self.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
         self.conv2d_4b = ConvBNReLU(192, 256, kernel_size=3, stride=2)

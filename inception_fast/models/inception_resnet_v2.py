@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, ResidualBlock, ScaledResidual
+from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d, ResidualBlock, ScaledResidual
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -87,7 +87,7 @@ class Mixed_6a(BranchBlock):
             ConvBNReLU(256, 256, kernel_size=3, padding=1),
             ConvBNReLU(256, 384, kernel_size=3, stride=2),
         )
-        self.branch2 = nn.MaxPool2d(3, stride=2)
+        self.branch2 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
@@ -130,7 +130,7 @@ class Mixed_7a(BranchBlock):
             ConvBNReLU(256, 288, kernel_size=3, padding=1),
             ConvBNReLU(288, 320, kernel_size=3, stride=2),
         )
-        self.branch3 = nn.MaxPool2d(3, stride=2)
+        self.branch3 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
@@ -188,10 +188,10 @@ class InceptionResnetV2(InceptionModel):
         self.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
         self.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
         self.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+        self.maxpool_3a = MaxPool2d(3, stride=2)
         self.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
         self.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
-        self.maxpool_5a = nn.MaxPool2d(3, stride=2)
+        self.maxpool_5a = MaxPool2d(3, stride=2)
         self.mixed_5b = Mixed_5b()
         # The paper's residual scales: 0.17, 0.10, 0.20 for the A, B and C blocks.
         self.repeat = nn.Sequential(*[Block35(scale=0.17) for _ in range(10)])

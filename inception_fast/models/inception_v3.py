@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, Fork
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, _PathMixin, max_pool2d
 from inception_fast.models._base import InceptionModel, imagenet_to_inception_input
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -69,7 +69,18 @@ class InceptionA(BranchBlock):
                 [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3], [_avg_pool_3x3(), self.branch_pool]]
 
 
-class InceptionB(BranchBlock):
+class _ReductionPool(_PathMixin):
+    """The grid reductions' 3x3/2 max pool, functional as in torchvision's blocks, on the block's path
+    (the max_pool op for CPU inference on the fused path)."""
+
+    def _max_pool(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.max_pool2d(x, kernel_size=3, stride=2)
+        else:
+            return max_pool2d(x, kernel_size=3, stride=2, fused=self._use_fused())
+
+
+class InceptionB(_ReductionPool, BranchBlock):
     def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3 = ConvBNReLU(in_channels, 384, kernel_size=3, stride=2)
@@ -80,11 +91,11 @@ class InceptionB(BranchBlock):
     def forward(self, x):
         b3 = self.branch3x3(x)
         bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([b3, bd, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+        return torch.cat([b3, bd, self._max_pool(x)], 1)
 
     def branches(self):
         return [[self.branch3x3], [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3],
-                [nn.MaxPool2d(3, stride=2)]]
+                [MaxPool2d(3, stride=2)]]
 
 
 class InceptionC(BranchBlock):
@@ -116,7 +127,7 @@ class InceptionC(BranchBlock):
                  self.branch7x7dbl_5], [_avg_pool_3x3(), self.branch_pool]]
 
 
-class InceptionD(BranchBlock):
+class InceptionD(_ReductionPool, BranchBlock):
     def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3_1 = ConvBNReLU(in_channels, 192, kernel_size=1)
@@ -129,12 +140,12 @@ class InceptionD(BranchBlock):
     def forward(self, x):
         b3 = self.branch3x3_2(self.branch3x3_1(x))
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+        return torch.cat([b3, b7, self._max_pool(x)], 1)
 
     def branches(self):
         return [[self.branch3x3_1, self.branch3x3_2],
                 [self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4],
-                [nn.MaxPool2d(3, stride=2)]]
+                [MaxPool2d(3, stride=2)]]
 
 
 class InceptionE(BranchBlock):
@@ -220,10 +231,10 @@ class Inception3(InceptionModel):
         self.Conv2d_1a_3x3 = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = ConvBNReLU(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = ConvBNReLU(32, 64, kernel_size=3, padding=1)
-        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.maxpool1 = MaxPool2d(kernel_size=3, stride=2)
         self.Conv2d_3b_1x1 = ConvBNReLU(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = ConvBNReLU(80, 192, kernel_size=3)
-        self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.maxpool2 = MaxPool2d(kernel_size=3, stride=2)
         self.Mixed_5b = InceptionA(192, pool_features=32)
         self.Mixed_5c = InceptionA(256, pool_features=64)
         self.Mixed_5d = InceptionA(288, pool_features=64)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, Fork
+from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -36,7 +36,7 @@ def _avg_pool_3x3() -> nn.AvgPool2d:
 class Mixed3a(BranchBlock):
     def __init__(self):
         super().__init__()
-        self.maxpool = nn.MaxPool2d(3, stride=2)
+        self.maxpool = MaxPool2d(3, stride=2)
         self.conv = ConvBNReLU(64, 96, kernel_size=3, stride=2)
 
     def forward(self, x):
@@ -68,7 +68,7 @@ class Mixed5a(BranchBlock):
     def __init__(self):
         super().__init__()
         self.conv = ConvBNReLU(192, 192, kernel_size=3, stride=2)
-        self.maxpool = nn.MaxPool2d(3, stride=2)
+        self.maxpool = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.conv(x), self.maxpool(x)), 1)
@@ -107,7 +107,7 @@ class ReductionA(BranchBlock):
             ConvBNReLU(192, 224, kernel_size=3, padding=1),
             ConvBNReLU(224, 256, kernel_size=3, stride=2),
         )
-        self.branch2 = nn.MaxPool2d(3, stride=2)
+        self.branch2 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
@@ -150,7 +150,7 @@ class ReductionB(BranchBlock):
             ConvBNReLU(256, 320, kernel_size=(7, 1), padding=(3, 0)),
             ConvBNReLU(320, 320, kernel_size=3, stride=2),
         )
-        self.branch2 = nn.MaxPool2d(3, stride=2)
+        self.branch2 = MaxPool2d(3, stride=2)
 
     def forward(self, x):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)

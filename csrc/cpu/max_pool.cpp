@@ -1,0 +1,371 @@
+// max_pool and max_pool_backward on the CPU: 2-D max pooling (no dilation) without the index
+// tensor, in channels_last or NCHW.
+//
+// Why: ATen's CPU max_pool2d always computes the argmax indices (int64, twice the bytes of a float
+// output) and scans the window a channel at a time; on the maps of GoogLeNet (each Inception
+// block's 3x3/1 pool branch, the stem's 3x3/2 pools) it ran at 1/10 to 1/20 of the memory
+// bandwidth and took 13% of optimize(googlenet)'s time (2-core Zen 4, batch 8). Here a window's
+// taps are vectors of 16 channels (channels_last) or runs of output columns (NCHW), and the
+// backward recomputes the argmax from x instead of keeping indices.
+//
+// Semantics are ATen's exactly: the output size (ceil_mode: the last window must start inside the
+// input or its left padding), padding never wins (it is skipped, not -inf), NaN propagates, and
+// the gradient goes to the position ATen's index would name: scanning the window row by row, an
+// element replaces the running maximum when it is greater or NaN (so the first of tied maxima).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <limits>
+#include <vector>
+
+#include "cpu/common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
+
+namespace inception_fast {
+namespace cpu {
+namespace {
+
+struct Pool {
+  int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  const int64_t span = in + 2 * p - k + (ceil_mode ? s - 1 : 0);
+  int64_t out = (span >= 0 ? span / s : -((-span + s - 1) / s)) + 1;  // floor division, as ATen's
+  if (ceil_mode && (out - 1) * s >= in + p) --out;  // the last window starts in the right padding
+  return out;
+}
+
+Pool geometry(const char* op, const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
+              at::IntArrayRef padding, bool ceil_mode) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor for this kernel, got ", x.device());
+  check_float_dtype(x, op, "x");
+  layout_of(x, op);
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
+              ": kernel_size, stride and padding must have two values each");
+  TORCH_CHECK(kernel[0] > 0 && kernel[1] > 0, op, ": kernel_size must be positive, got ", kernel);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0 && padding[0] <= kernel[0] / 2 && padding[1] <= kernel[1] / 2, op,
+              ": padding must be between 0 and half the kernel size, got padding ", padding, " for kernel ", kernel);
+  Pool g{x.size(0), x.size(1), x.size(2), x.size(3), kernel[0], kernel[1], stride[0], stride[1], padding[0],
+         padding[1], 0, 0};
+  g.oh = pooled_size(g.h, g.kh, g.sh, g.ph, ceil_mode);
+  g.ow = pooled_size(g.w, g.kw, g.sw, g.pw, ceil_mode);
+  TORCH_CHECK(g.oh >= 1 && g.ow >= 1, op, ": a ", kernel, " window with padding ", padding,
+              " does not fit an input of size ", g.h, "x", g.w);
+  return g;
+}
+
+// The window of output index o: input [lo, hi), clipped to the map (padding is skipped).
+IF_INLINE void window(int64_t o, int64_t s, int64_t p, int64_t k, int64_t size, int64_t& lo, int64_t& hi) {
+  const int64_t start = o * s - p;
+  lo = std::max<int64_t>(start, 0);
+  hi = std::min<int64_t>(start + k, size);
+}
+
+template <typename A>
+IF_INLINE A neg_inf() {
+  return -std::numeric_limits<A>::infinity();
+}
+
+typedef int32_t mask_t __attribute__((vector_size(64)));  // a vec_t<float> comparison
+
+// The running-maximum rule of ATen's kernels: v replaces m when v > m or v is NaN.
+template <typename A>
+IF_INLINE bool takes(A v, A m) {
+  return v > m || v != v;
+}
+
+// ---- channels_last: rows of C channels; a window's taps are whole rows, 16 channels a vector ----
+
+template <typename T>
+IF_CPU_CLONES void forward_cl_row(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0, int64_t ih1) {
+  using A = acc_t<T>;
+  constexpr int64_t L = 16;  // channels per vector (float64 takes the scalar loop)
+  for (int64_t o = 0; o < g.ow; ++o) {
+    int64_t iw0, iw1;
+    window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+    T* out = y + o * g.c;
+    int64_t c = 0;
+    if constexpr (!std::is_same_v<T, double>) {
+      // U vectors of channels at a time: U independent max chains (one chain waits on each
+      // vmaxps's latency), the taps loaded once each.
+      constexpr int U = 4;
+      for (; c + U * L <= g.c; c += U * L) {
+        vec_t<float> m[U];
+        mask_t nan[U];
+        for (int u = 0; u < U; ++u) {
+          m[u] = vec_t<float>{} + neg_inf<float>();
+          nan[u] = mask_t{};
+        }
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
+          for (int64_t iw = iw0; iw < iw1; ++iw) {
+            const T* tap = x + (ih * g.w + iw) * g.c + c;
+            for (int u = 0; u < U; ++u) {
+              const vec_t<float> v = load_vec(tap + u * L);
+              m[u] = v > m[u] ? v : m[u];  // one select per tap stays in vector registers; NaN apart
+              nan[u] |= v != v;
+            }
+          }
+        }
+        for (int u = 0; u < U; ++u)
+          store_vec(out + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+      }
+      for (; c + L <= g.c; c += L) {
+        vec_t<float> m = vec_t<float>{} + neg_inf<float>();
+        mask_t nan = mask_t{};
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
+          for (int64_t iw = iw0; iw < iw1; ++iw) {
+            const vec_t<float> v = load_vec(x + (ih * g.w + iw) * g.c + c);
+            m = v > m ? v : m;
+            nan |= v != v;
+          }
+        }
+        store_vec(out + c, nan ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m);
+      }
+    }
+    for (; c < g.c; ++c) {
+      A m = neg_inf<A>();
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const A v = to_acc(x[(ih * g.w + iw) * g.c + c]);
+          if (takes(v, m)) m = v;
+        }
+      out[c] = from_acc<T>(m);
+    }
+  }
+}
+
+// The backward's argmax needs per-lane selects on a combined condition (greater, or NaN), which
+// GCC lowers lane by lane in target_clones functions (only the plain max select stays a vector
+// instruction there); so the AVX-512 version is written with intrinsics and chosen at run time,
+// and the portable one is scalar.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define IF_HAVE_AVX512_PATH 1
+__attribute__((target("avx512f"))) IF_INLINE __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) IF_INLINE __m512 load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+__attribute__((target("avx512f"))) IF_INLINE __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+bool cpu_has_avx512f() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void backward_cl_vectors(const T* __restrict__ x, const T* __restrict__ gy,
+                                                            float* __restrict__ gx, const Pool& g, int64_t ih0,
+                                                            int64_t ih1, int64_t iw0, int64_t iw1, int64_t o,
+                                                            int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c += 16) {
+    // The window's argmax per lane, as a tap number (ATen's rule: greater, or NaN, replaces).
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512i arg = _mm512_setzero_si512();
+    int32_t t = 0;
+    for (int64_t ih = ih0; ih < ih1; ++ih)
+      for (int64_t iw = iw0; iw < iw1; ++iw, ++t) {
+        const __m512 v = load16(x + (ih * g.w + iw) * g.c + c);
+        const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m = _mm512_mask_blend_ps(take, m, v);
+        arg = _mm512_mask_blend_epi32(take, arg, _mm512_set1_epi32(t));
+      }
+    // Each tap adds the lanes whose argmax it is.
+    const __m512 gv = load16(gy + o * g.c + c);
+    t = 0;
+    for (int64_t ih = ih0; ih < ih1; ++ih)
+      for (int64_t iw = iw0; iw < iw1; ++iw, ++t) {
+        float* dst = gx + (ih * g.w + iw) * g.c + c;
+        const __mmask16 hit = _mm512_cmpeq_epi32_mask(arg, _mm512_set1_epi32(t));
+        const __m512 d = _mm512_loadu_ps(dst);
+        _mm512_storeu_ps(dst, _mm512_mask_add_ps(d, hit, d, gv));
+      }
+  }
+}
+#endif
+
+template <typename T>
+void backward_cl_row(const T* __restrict__ x, const T* __restrict__ gy, acc_t<T>* __restrict__ gx, const Pool& g,
+                     int64_t ih0, int64_t ih1, int64_t c0, int64_t c1) {
+  using A = acc_t<T>;
+  for (int64_t o = 0; o < g.ow; ++o) {
+    int64_t iw0, iw1;
+    window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+    int64_t c = c0;
+#ifdef IF_HAVE_AVX512_PATH
+    if constexpr (!std::is_same_v<T, double>) {
+      if (cpu_has_avx512f()) {
+        const int64_t cv = c0 + (c1 - c0) / 16 * 16;
+        backward_cl_vectors(x, gy, gx, g, ih0, ih1, iw0, iw1, o, c0, cv);
+        c = cv;
+      }
+    }
+#endif
+    for (; c < c1; ++c) {
+      A m = neg_inf<A>();
+      int64_t best = ih0 * g.w + iw0;
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const A v = to_acc(x[(ih * g.w + iw) * g.c + c]);
+          if (takes(v, m)) {
+            m = v;
+            best = ih * g.w + iw;
+          }
+        }
+      gx[best * g.c + c] += to_acc(gy[o * g.c + c]);
+    }
+  }
+}
+
+// ---- NCHW: planes of H x W; for each tap, a run of output columns ----
+
+template <typename T>
+IF_CPU_CLONES void forward_plane(const T* __restrict__ x, T* __restrict__ y, const Pool& g, acc_t<T>* __restrict__ row) {
+  using A = acc_t<T>;
+  for (int64_t oh = 0; oh < g.oh; ++oh) {
+    int64_t ih0, ih1;
+    window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
+    for (int64_t o = 0; o < g.ow; ++o) row[o] = neg_inf<A>();
+    for (int64_t ih = ih0; ih < ih1; ++ih) {
+      const T* in = x + ih * g.w;
+      for (int64_t k = 0; k < g.kw; ++k) {
+        // Outputs o whose tap k reads inside the row: 0 <= o*s - p + k < w.
+        const int64_t lo = std::max<int64_t>(0, (g.pw - k + g.sw - 1) / g.sw);
+        const int64_t hi = std::min<int64_t>(g.ow, (g.w + g.pw - k + g.sw - 1) / g.sw);
+        for (int64_t o = lo; o < hi; ++o) {
+          const A v = to_acc(in[o * g.sw - g.pw + k]);
+          row[o] = (v > row[o] || v != v) ? v : row[o];
+        }
+      }
+    }
+    for (int64_t o = 0; o < g.ow; ++o) y[oh * g.ow + o] = from_acc<T>(row[o]);
+  }
+}
+
+template <typename T>
+IF_CPU_CLONES void backward_plane(const T* __restrict__ x, const T* __restrict__ gy, acc_t<T>* __restrict__ gx,
+                                  const Pool& g) {
+  using A = acc_t<T>;
+  for (int64_t oh = 0; oh < g.oh; ++oh) {
+    int64_t ih0, ih1;
+    window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
+    for (int64_t o = 0; o < g.ow; ++o) {
+      int64_t iw0, iw1;
+      window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+      A m = neg_inf<A>();
+      int64_t arg = ih0 * g.w + iw0;
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const A v = to_acc(x[ih * g.w + iw]);
+          if (takes(v, m)) {
+            m = v;
+            arg = ih * g.w + iw;
+          }
+        }
+      gx[arg] += to_acc(gy[oh * g.ow + o]);
+    }
+  }
+}
+
+at::Tensor max_pool(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                    at::IntArrayRef padding, bool ceil_mode) {
+  const char* op = "inception_fast::max_pool";
+  const Pool g = geometry(op, x, kernel_size, stride, padding, ceil_mode);
+  const bool cl = layout_of(x, op).channels_last;
+  at::Tensor y = at::empty({g.n, g.c, g.oh, g.ow},
+                           x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (cl) {
+      // One task per output row of an image: (kh rows of W x C) in, (OW x C) out.
+      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.ow * g.c));
+      at::parallel_for(0, g.n * g.oh, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / g.oh, oh = r % g.oh;
+          int64_t ih0, ih1;
+          window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
+          forward_cl_row(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
+        }
+      });
+    } else {
+      const int64_t grain = std::max<int64_t>(1, 16384 / (g.oh * g.ow));
+      at::parallel_for(0, g.n * g.c, grain, [&](int64_t p0, int64_t p1) {
+        std::vector<acc_t<scalar_t>> row(g.ow);
+        for (int64_t p = p0; p < p1; ++p)
+          forward_plane(xp + p * g.h * g.w, yp + p * g.oh * g.ow, g, row.data());
+      });
+    }
+  });
+  return y;
+}
+
+at::Tensor max_pool_backward(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode) {
+  const char* op = "inception_fast::max_pool_backward";
+  const Pool g = geometry(op, x, kernel_size, stride, padding, ceil_mode);
+  const bool cl = layout_of(x, op).channels_last;
+  TORCH_CHECK(grad_out.device() == x.device() && grad_out.scalar_type() == x.scalar_type(), op,
+              ": grad_out must have x's device and dtype, got ", grad_out.device(), " ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.n && grad_out.size(1) == g.c && grad_out.size(2) == g.oh &&
+                  grad_out.size(3) == g.ow,
+              op, ": grad_out must have shape [", g.n, ", ", g.c, ", ", g.oh, ", ", g.ow, "], got ", grad_out.sizes());
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor gy = grad_out.contiguous(fmt);
+  // Overlapping windows add into the same input element: accumulate in float (float64 for float64),
+  // round once at the end.
+  const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  at::Tensor gx = at::empty(x.sizes(), x.options().dtype(acc_dtype(x.scalar_type())), fmt).zero_();
+  if (gy.numel() != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool_backward", [&] {
+      using A = acc_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+      A* gxp = gx.mutable_data_ptr<A>();
+      if (cl) {
+        // Tasks own (image, 64-channel block) pairs: the windows of different output pixels overlap,
+        // different channels never do.
+        constexpr int64_t kBlock = 64;
+        const int64_t blocks = (g.c + kBlock - 1) / kBlock;
+        at::parallel_for(0, g.n * blocks, 1, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t b = t / blocks, c0 = (t % blocks) * kBlock, c1 = std::min<int64_t>(g.c, c0 + kBlock);
+            for (int64_t oh = 0; oh < g.oh; ++oh) {
+              int64_t ih0, ih1;
+              window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
+              backward_cl_row(xp + b * g.h * g.w * g.c, gyp + (b * g.oh + oh) * g.ow * g.c,
+                              gxp + b * g.h * g.w * g.c, g, ih0, ih1, c0, c1);
+            }
+          }
+        });
+      } else {
+        at::parallel_for(0, g.n * g.c, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p)
+            backward_plane(xp + p * g.h * g.w, gyp + p * g.oh * g.ow, gxp + p * g.h * g.w, g);
+        });
+      }
+    });
+  }
+  return reduced ? gx.to(x.scalar_type()) : gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(inception_fast, CPU, m) {
+  m.impl("max_pool", &max_pool);
+  m.impl("max_pool_backward", &max_pool_backward);
+}
+
+}  // namespace cpu
+}  // namespace inception_fast
