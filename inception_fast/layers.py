@@ -20,6 +20,7 @@ from inception_fast.ops.conv_im2col import output_size as im2col_output_size
 from inception_fast.ops.conv_im2col import worth_it as im2col_worth_it
 
 _fused = Setting(True, bool)
+_merge_1x1 = Setting(True, bool)
 
 
 def set_fused(enabled: bool) -> None:
@@ -34,6 +35,12 @@ def fused_enabled() -> bool:
 def use_fused(enabled: bool = True):
     """Context manager: run layers whose own `fused` is None on the fused (True) or reference (False) path."""
     return _fused.use(enabled)
+
+
+def use_merged_1x1(enabled: bool = True):
+    """Context manager: on the fused path, run the 1x1 convolutions of a block that read the block
+    input as one merged GEMM + one bn_relu (True, the default) or one by one (False; for A/B checks)."""
+    return _merge_1x1.use(enabled)
 
 
 class _PathMixin:
@@ -261,6 +268,125 @@ class BranchBlock(nn.Module):
         names = sorted((n for n in self._modules if re.fullmatch(r"branch\d+", n)), key=lambda n: int(n[6:]))
         return [list(m) if isinstance(m, nn.Sequential) else [m] for m in (self._modules[n] for n in names)]
 
+    def _merged_leads(self):
+        """(branches, indices of the branches whose first step joins the merged 1x1), or None when
+        fewer than two can (see mergeable_1x1)."""
+        branches = self.branches()
+        lead = [i for i, b in enumerate(branches) if b and isinstance(b[0], ConvBNReLU) and _plain_1x1(b[0].conv)]
+        if not mergeable_1x1([branches[i][0] for i in lead]):
+            return None
+        return branches, lead
+
+    def branch_outputs_merged(self, x: torch.Tensor, plan=None) -> list[torch.Tensor] | None:
+        """The branches' outputs with their leading 1x1 convolutions merged (conv_bn_relu_merged), or
+        None when this block has nothing to merge. Same values, statistics and gradients as the
+        block's forward."""
+        plan = plan or self._merged_leads()
+        if plan is None:
+            return None
+        branches, lead = plan
+        heads = dict(zip(lead, conv_bn_relu_merged([branches[i][0] for i in lead], x)))
+        return [run_branch(b[1:], heads[i]) if i in heads else run_branch(b, x) for i, b in enumerate(branches)]
+
+    def forward_merged(self, x: torch.Tensor) -> torch.Tensor | None:
+        """forward(x) with the leading 1x1 convolutions merged, or None when there are none to merge."""
+        outs = self.branch_outputs_merged(x)
+        return None if outs is None else torch.cat(outs, 1)
+
+
+def _plain_1x1(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 \
+        and conv.dilation == (1, 1) and conv.bias is None and conv.padding_mode == "zeros"
+
+
+def _bn_signature(bn: nn.Module):
+    """What two BatchNorms must share for one bn_relu call over their concatenated channels."""
+    if type(bn) is not nn.BatchNorm2d or getattr(bn, "_inception_fast_sync", False):
+        return None  # SyncBatchNorm / synchronised statistics: left to the per-layer path
+    counted = bn.momentum is None and bn.track_running_stats and bn.num_batches_tracked is not None
+    return (bn.eps, bn.momentum, bn.affine, bn.track_running_stats, bn.running_mean is None, bn.training,
+            int(bn.num_batches_tracked) if counted else None)
+
+
+def mergeable_1x1(steps) -> bool:
+    """Whether these ConvBNReLU layers (all reading the same input) can run as one merged 1x1 GEMM +
+    one bn_relu on the fused path: plain 1x1 convs of one dtype and device, BatchNorms that agree on
+    eps, momentum, affine, running statistics and mode."""
+    if len(steps) < 2 or not _merge_1x1.get():
+        return False
+    first = steps[0]
+    sig = _bn_signature(first.bn)
+    if sig is None:
+        return False
+    for s in steps:
+        if not isinstance(s, ConvBNReLU) or not s._use_fused() or not _plain_1x1(s.conv) \
+                or s.conv.weight.dtype != first.conv.weight.dtype or s.conv.weight.device != first.conv.weight.device \
+                or _bn_signature(s.bn) != sig:
+            return False
+    return True
+
+
+def conv_bn_relu_merged(steps, x: torch.Tensor) -> list[torch.Tensor]:
+    """[step(x) for step in steps] for 1x1 ConvBNReLU layers (mergeable_1x1(steps)) as ONE conv1x1
+    over their concatenated weights and ONE bn_relu over the concatenated channels: the input is read
+    once, one GEMM instead of several narrow ones (and one in the backward for grad_x, which the
+    separate layers would each compute and add up). Same statistics, same running-statistics update
+    and num_batches_tracked, same gradients; each output is the layer's channel slice (a view)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    bns = [s.bn for s in steps]
+    sizes = [bn.num_features for bn in bns]
+    y = conv1x1(x, torch.cat([s.conv.weight for s in steps]), None)
+    first = bns[0]
+    training = first.training
+    # nn.BatchNorm2d's bookkeeping (as bn_relu_module), once per layer.
+    factor = 0.0 if first.momentum is None else first.momentum
+    if training and first.track_running_stats and first.num_batches_tracked is not None:
+        for bn in bns:
+            bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(first.num_batches_tracked) if first.momentum is None else first.momentum
+    use_batch_stats = training or (first.running_mean is None and first.running_var is None)
+    track = (not training or first.track_running_stats) and first.running_mean is not None
+    weight = torch.cat([bn.weight for bn in bns]) if first.affine else None
+    bias = torch.cat([bn.bias for bn in bns]) if first.affine else None
+    running_mean = torch.cat([bn.running_mean for bn in bns]) if track else None
+    running_var = torch.cat([bn.running_var for bn in bns]) if track else None
+    y = bn_relu(y, weight, bias, running_mean, running_var, use_batch_stats, factor, first.eps)
+    if track and use_batch_stats:  # the running statistics were updated in the concatenated copies
+        with torch.no_grad():
+            for bn, m, v in zip(bns, running_mean.split(sizes), running_var.split(sizes)):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+    return list(y.split(sizes, 1))
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether module or one inside it has hooks (which a merged forward would skip), or any global
+    module hook is set."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks \
+            or _m._global_backward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in module.modules())
+
+
+def apply_layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x), with every Inception block in it (the module itself, or the blocks of an
+    nn.Sequential) running its leading 1x1 convolutions merged on the fused path
+    (BranchBlock.forward_merged). A module with hooks runs as module(x), so the hooks see what they
+    hooked."""
+    if isinstance(module, BranchBlock) and not _hooked(module):
+        y = module.forward_merged(x)
+        if y is not None:
+            return y
+    elif type(module) is nn.Sequential and not module._forward_hooks and not module._forward_pre_hooks:
+        for m in module:
+            x = apply_layer(m, x)
+        return x
+    return module(x)
+
 
 def run_branch(steps, x: torch.Tensor) -> torch.Tensor:
     """A branch description applied to x (the reference semantics of BranchBlock.branches())."""
@@ -279,6 +405,10 @@ class ResidualBlock(_PathMixin, BranchBlock):
     and the block ends in `self.residual`, a ScaledResidual computing act(x + scale * up-projection); `scale`
     reads and sets its factor and `no_relu` tells whether the ReLU is left out, as the peers' blocks
     expose them."""
+
+    def forward_merged(self, x: torch.Tensor) -> torch.Tensor | None:
+        outs = self.branch_outputs_merged(x)
+        return None if outs is None else self.residual(x, self.project(torch.cat(outs, 1)))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The up-projection self.conv2d(x), on this block's path (a GEMM on the fused path)."""

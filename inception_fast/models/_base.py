@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from inception_fast.layers import _PathMixin, set_conv_weight_layout
+from inception_fast.layers import _PathMixin, apply_layer, set_conv_weight_layout
 
 # timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
@@ -281,8 +281,9 @@ class InceptionModel(nn.Module):
         return self._call_layer(name, x)
 
     def _call_layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Layer `name` of forward_features applied to x."""
-        return self.get_submodule(name)(x)
+        """Layer `name` of forward_features applied to x (each Inception block's leading 1x1
+        convolutions merged on the fused path: layers.apply_layer)."""
+        return apply_layer(self.get_submodule(name), x)
 
     def _batchnorms_of(self, name: str) -> list[nn.Module]:
         """The BatchNorm modules layer `name` runs (a superset does no harm)."""
