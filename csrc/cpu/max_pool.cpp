@@ -85,6 +85,56 @@ IF_INLINE bool takes(A v, A m) {
 
 // ---- channels_last: rows of C channels; a window's taps are whole rows, 16 channels a vector ----
 
+// float16 / bfloat16, channels_last: the maximum taken on the bits, 32 channels a vector, with no
+// conversion to float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders
+// them as unsigned integers in the order of their values (-0 below +0, the one place where the
+// result's bits can differ from ATen's, whose max keeps the first of two equal zeros); NaN (exponent
+// all ones, mantissa not 0) is tracked apart and gives the quiet NaN.
+typedef uint16_t u16v __attribute__((vector_size(64)));
+typedef int16_t i16v __attribute__((vector_size(64)));
+
+template <typename T>
+IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
+                                        int64_t ih1) {
+  static_assert(sizeof(T) == 2, "16-bit types only");
+  constexpr bool bf16 = std::is_same_v<T, c10::BFloat16>;
+  constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
+  constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
+  constexpr int64_t L = 32;
+  const uint16_t* xb = reinterpret_cast<const uint16_t*>(x);
+  uint16_t* yb = reinterpret_cast<uint16_t*>(y);
+  for (int64_t o = 0; o < g.ow; ++o) {
+    int64_t iw0, iw1;
+    window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+    int64_t c = 0;
+    for (; c + L <= g.c; c += L) {
+      u16v m = u16v{};  // below every key
+      u16v nan = u16v{};
+      for (int64_t ih = ih0; ih < ih1; ++ih) {
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          u16v b;
+          std::memcpy(&b, xb + (ih * g.w + iw) * g.c + c, sizeof(b));
+          const u16v key = b ^ ((u16v)((i16v)b >> 15) | 0x8000);
+          m = key > m ? key : m;
+          nan |= (u16v)((b & 0x7FFF) > inf_bits);
+        }
+      }
+      const u16v bits = m ^ (~(u16v)((i16v)m >> 15) | 0x8000);
+      const u16v out = (bits & ~nan) | (nan & qnan_bits);
+      std::memcpy(yb + o * g.c + c, &out, sizeof(out));
+    }
+    for (; c < g.c; ++c) {
+      float m = neg_inf<float>();
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const float v = to_acc(x[(ih * g.w + iw) * g.c + c]);
+          if (takes(v, m)) m = v;
+        }
+      y[o * g.c + c] = from_acc<T>(m);
+    }
+  }
+}
+
 template <typename T>
 IF_CPU_CLONES void forward_cl_row(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0, int64_t ih1) {
   using A = acc_t<T>;
@@ -296,7 +346,11 @@ at::Tensor max_pool(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArr
           const int64_t b = r / g.oh, oh = r % g.oh;
           int64_t ih0, ih1;
           window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
-          forward_cl_row(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
+          if constexpr (sizeof(scalar_t) == 2) {
+            forward_cl_row_16bit(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
+          } else {
+            forward_cl_row(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
+          }
         }
       });
     } else {
