@@ -80,6 +80,21 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "max_pool_backward(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, "
       "bool ceil_mode) -> Tensor");
+  // An Inception block's branches that start at its input, for inference (BatchNorm folded into the
+  // weights and biases). r = conv1x1(x, weight) has one channel segment per branch (`split`), each
+  // branch i in turn:
+  //   pool[i] = 0: a = relu(r_i + bias_i);
+  //   pool[i] = 1 / 2: a = relu(avg_pool2d(r_i, 3, 1, 1, count_include_pad = pool[i] == 1) + bias_i)
+  //                (the projection first, then the pool: both linear, so this is the branch's
+  //                pool -> 1x1 conv, on the narrower tensor);
+  //   pool[i] = 3: a = relu(conv1x1(max_pool2d(x, 3, 1, 1), weight_i) + bias_i) (max does not commute);
+  // then depth[i] convolutions a = relu(conv2d(a, conv_weight[j], conv_bias[j], conv_stride[2j:2j+2],
+  // conv_padding[2j:2j+2])), j running over all branches' convolutions in order. out = the branches'
+  // results concatenated along the channels (each written into its channel slice); they must share
+  // their spatial size. channels_last output.
+  m.def(
+      "branch_conv(Tensor x, Tensor weight, Tensor? bias, int[] split, int[] pool, int[] depth, "
+      "Tensor[] conv_weight, Tensor?[] conv_bias, int[] conv_stride, int[] conv_padding) -> Tensor");
   // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
   m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

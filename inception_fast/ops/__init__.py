@@ -2,6 +2,7 @@
 `use_backend` / `set_backend` / INCEPTION_FAST_BACKEND (reference | cpu | cuda | triton)."""
 from inception_fast.ops._backend import (BACKENDS, available_backends, get_backend, resolve, set_backend,
                                          use_backend)
+from inception_fast.ops.branch_conv import branch_conv, branch_conv_reference
 from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with_stats, bn_stats,
                                         combine_stats)
 from inception_fast.ops.conv1x1 import conv1x1, conv1x1_reference
@@ -13,5 +14,6 @@ __all__ = [
     "BACKENDS", "available_backends", "get_backend", "resolve", "set_backend", "use_backend",
     "bn_relu", "bn_relu_reference", "bn_relu_with_stats", "bn_stats", "combine_stats",
     "scaled_residual_add", "scaled_residual_add_reference", "conv1x1", "conv1x1_reference",
-    "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference",
+    "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference", "branch_conv",
+    "branch_conv_reference",
 ]
