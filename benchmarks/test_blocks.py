@@ -4,7 +4,9 @@ reference path for the models INCEPTION_FAST_BENCH_COMPILE names), side by side 
 error against the reference path.
 
 Inference also times the block as optimize() compiles it ("optimized": BatchNorm folded, the 1x1s
-merged into one GEMM, ReLU and residual add as convolution post-ops, channels_last).
+merged into one GEMM, ReLU and residual add as convolution post-ops, channels_last; on the CPU the
+blocks of its forms as one branch_conv call), and on a GPU the same with every block of those forms
+on the branch_conv op ("branch_conv": its Triton kernels, against cuDNN's convolutions in "optimized").
 
 Each block is timed on the input it gets inside its model at the model's native size (quick mode:
 75x75, BN-Inception 64) with the peer's random weights: CPU fp32 NCHW at batch 8, GPU bf16
@@ -21,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import QUICK, WITH_COMPILE, compile_wanted, devices, run
 from zoo import contestant_of, pair, rel_err, size_of
+
+from inception_fast.layers import apply_layer  # a block as its model runs it (1x1s merged on the fused path)
 
 # (model, module path or "block:<name>" for BN-Inception's flat blocks, what kind of block it is)
 BLOCKS = [
@@ -151,24 +155,30 @@ def _optimized(name, path, device, dtype, x):
     return net, x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("contestant", CONTESTANTS + ["optimized"])
+@pytest.mark.parametrize("contestant", CONTESTANTS + ["optimized", "branch_conv"])
 @pytest.mark.parametrize("case", _cases(), ids=_case_id)
 @pytest.mark.parametrize("block", BLOCKS, ids=_ids)
 def test_block_inference(benchmark, block, case, contestant):
     name, path, kind = block
     if contestant == "compile" and not compile_wanted(name):
         pytest.skip("torch.compile is timed for the models INCEPTION_FAST_BENCH_COMPILE names")
-    device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant == "optimized"
+    if contestant == "branch_conv" and case[0] == "cpu":
+        pytest.skip("on the CPU optimize() already runs these blocks as branch_conv ('optimized')")
+    device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant in ("optimized", "branch_conv")
                                                     else contestant, train=False)
     benchmark.group = f"block infer {_ids(block)} [{kind}] {_case_id(case)} in {tuple(x.shape[1:])}"
     with torch.no_grad():
         expected = ref(x)
         del ref
         xd = x.to(getattr(torch, dtype_name))
-        if contestant == "optimized":
+        if contestant in ("optimized", "branch_conv"):
             net, xd = _optimized(name, path, device, getattr(torch, dtype_name), x)
-        err = rel_err(net(xd), expected)
-        run(benchmark, lambda: net(xd), device, rounds=1 if QUICK else (20 if device == "cuda" else 10),
+            if contestant == "branch_conv":
+                if getattr(net, "_bc_args", None) is None:
+                    pytest.skip("not a block of branch_conv's forms (a grid reduction or a forking block)")
+                net.use_branch_conv = True
+        err = rel_err(apply_layer(net, xd), expected)
+        run(benchmark, lambda: apply_layer(net, xd), device, rounds=1 if QUICK else (20 if device == "cuda" else 10),
             contestant=contestant, kind="inference", dtype=dtype_name, rel_err=err, **extra)
 
 
@@ -188,7 +198,7 @@ def test_block_training(benchmark, block, case, contestant):
         nonlocal grad_out
         xr = x.detach().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            y = module(xr)
+            y = apply_layer(module, xr)
         if grad_out is None:
             grad_out = torch.randn_like(y, dtype=torch.float32)
         y.backward(grad_out.to(y.dtype))

@@ -5,7 +5,9 @@ What it does to a model (eval only; the model given is left as it is):
   then rounded once to the run dtype), the ReLU a post-op of the convolution (oneDNN on the CPU);
 - in every Inception block the 1x1 convolutions that read the block input become ONE convolution
   with their output channels concatenated (the input is read once, one large GEMM instead of
-  several narrow ones); the following convs read their channel slice of it;
+  several narrow ones); the following convs read their channel slice of it; on the CPU a block whose
+  branches all start at its input (all but the grid reductions and the forking Inception-v3 E /
+  v4 C blocks) is one ops.branch_conv call, each branch written into its slice of the block output;
 - the average-pool branch is projected first and pooled after (pool and 1x1 conv are both linear,
   so pool(conv(x)) == conv(pool(x)) for either count_include_pad), then bias and ReLU: the pool runs
   on the narrower tensor;
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 
-__all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual"]
+__all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual", "branch_conv_spec"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,13 +191,70 @@ def _run(steps: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def branch_conv_spec(branches: list[list], dtype: torch.dtype | None = None) -> dict | None:
+    """The arguments of ops.branch_conv computing cat([run_branch(b, x) for b in branches], 1) in eval
+    mode (BatchNorm folded in float64, then cast to `dtype`, default the weights' dtype), or None when a
+    branch is not of the op's forms: a 1x1 conv-BN-ReLU, an average pool 3x3/1/1 then one, or a max
+    pool 3x3/1/1 then one, each followed by any number of conv-BN-ReLUs."""
+    weights, biases, split, pool, depth = [], [], [], [], []
+    conv_weight, conv_bias, conv_stride, conv_padding = [], [], [], []
+    for steps in branches:
+        kind = 0
+        if steps and isinstance(steps[0], nn.AvgPool2d):
+            p = steps[0]
+            if _pair(p.kernel_size) != (3, 3) or _pair(p.stride) != (1, 1) or _pair(p.padding) != (1, 1) \
+                    or p.divisor_override is not None:
+                return None
+            kind, steps = (1 if p.count_include_pad else 2), steps[1:]
+        elif steps and isinstance(steps[0], nn.MaxPool2d):
+            p = steps[0]
+            if _pair(p.kernel_size) != (3, 3) or _pair(p.stride) != (1, 1) or _pair(p.padding) != (1, 1) \
+                    or _pair(p.dilation) != (1, 1) or p.return_indices:
+                return None
+            kind, steps = 3, steps[1:]
+        if not steps or not _is_conv_bn_relu(steps[0]) or not _is_1x1(steps[0]):
+            return None
+        for step in steps:
+            c = getattr(step, "conv", None)
+            if not _is_conv_bn_relu(step) or c.groups != 1 or c.dilation != (1, 1) or c.padding_mode != "zeros" \
+                    or isinstance(c.padding, str):
+                return None
+        w, b = _fold(steps[0].conv, steps[0].bn)
+        weights.append(w)
+        biases.append(b)
+        split.append(w.shape[0])
+        pool.append(kind)
+        depth.append(len(steps) - 1)
+        for step in steps[1:]:
+            w, b = _fold(step.conv, step.bn)
+            conv_weight.append(w)
+            conv_bias.append(b)
+            conv_stride += list(step.conv.stride)
+            conv_padding += list(step.conv.padding)
+    dtype = dtype or branches[0][-1].conv.weight.dtype
+    cast = lambda t: t.to(dtype).contiguous()  # noqa: E731
+    return dict(weight=cast(torch.cat(weights)), bias=cast(torch.cat(biases)), split=split, pool=pool, depth=depth,
+                conv_weight=[cast(w) for w in conv_weight], conv_bias=[cast(b) for b in conv_bias],
+                conv_stride=conv_stride, conv_padding=conv_padding)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 class FusedBranches(nn.Module):
     """An Inception block compiled from its description (a list of branches, each a list of steps):
     the branches' leading 1x1 convs as one merged convolution, the average-pool branch projected
     first, every other conv-BN-ReLU folded."""
 
+    # Whether forward runs the expressible blocks as ops.branch_conv: None = on the CPU (measured level
+    # with the composition below there, and one op call per block); True = on any device (the GPU
+    # check times the Triton kernel against cuDNN this way), False = never.
+    use_branch_conv: bool | None = None
+
     def __init__(self, branches: list[list]):
         super().__init__()
+        self._init_branch_conv(branches)
         merged, sizes = [], []
         self.starts: list[str] = []  # per branch: "merged" (its slice of the merged conv), "pool_proj", "input"
         self.pool_projections = nn.ModuleList()
@@ -222,6 +281,37 @@ class FusedBranches(nn.Module):
                                      merged[0].conv, relu=True)
         self.rests = nn.ModuleList(_compile_steps(r) for r in rests)
 
+    def _init_branch_conv(self, branches: list[list]) -> None:
+        spec = branch_conv_spec(branches, torch.float32)
+        self._bc_args = None
+        if spec is None:
+            return
+        # The tensors as buffers (so .to(dtype / device) takes them along), the rest as plain args.
+        self.register_buffer("bc_weight", spec["weight"])
+        self.register_buffer("bc_bias", spec["bias"])
+        self._bc_n = len(spec["conv_weight"])
+        for j, (w, b) in enumerate(zip(spec["conv_weight"], spec["conv_bias"])):
+            self.register_buffer(f"bc_conv_weight{j}", w)
+            self.register_buffer(f"bc_conv_bias{j}", b)
+        self._bc_args = (spec["split"], spec["pool"], spec["depth"])
+        self._bc_geometry = (spec["conv_stride"], spec["conv_padding"])
+
+    def _branch_conv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The block's branches as one ops.branch_conv call, where it is expressible and chosen."""
+        if self._bc_args is None or self.use_branch_conv is False or \
+                (self.use_branch_conv is None and x.device.type != "cpu"):
+            return None
+        from inception_fast.ops import branch_conv
+
+        n = self._bc_n
+        return branch_conv(x, self.bc_weight, self.bc_bias, *self._bc_args,
+                           [getattr(self, f"bc_conv_weight{j}") for j in range(n)],
+                           [getattr(self, f"bc_conv_bias{j}") for j in range(n)], *self._bc_geometry)
+
+    def _concatenated(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._branch_conv(x)
+        return torch.cat(self.branch_outputs(x), 1) if y is None else y
+
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         pieces = iter(self.merged(x).split(self.sizes, 1) if self.merged is not None else ())
         projections = iter(self.pool_projections)
@@ -232,7 +322,7 @@ class FusedBranches(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.branch_outputs(x), 1)
+        return self._concatenated(x)
 
 
 class FusedResidual(FusedBranches):
@@ -244,7 +334,7 @@ class FusedResidual(FusedBranches):
         self.up = FoldedConv(*_fold(block.conv2d, scale=block.residual.scale), block.conv2d, relu=block.residual.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(torch.cat(self.branch_outputs(x), 1), other=x)
+        return self.up(self._concatenated(x), other=x)
 
 
 def _compile_module(module: nn.Module) -> nn.Module | None:

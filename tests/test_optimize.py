@@ -114,6 +114,34 @@ def test_optimized_structure(case):
         assert m.out_channels == sum(next(f for f in fused if f.merged is m).sizes)
 
 
+# Blocks whose branches all start at the block input (the op's forms), per model.
+BRANCH_CONV_BLOCKS = {"googlenet": 9, "bn_inception": 8, "inception_v3": 7, "inception_v4": 12,
+                      "inception_resnet_v1": 21, "inception_resnet_v2": 41}
+
+
+def _branch_conv_calls(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "inception_fast::branch_conv")
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
+def test_blocks_run_as_branch_conv_on_cpu(case):
+    # On the CPU each block of the op's forms is one branch_conv call; the composition it replaces
+    # (use_branch_conv=False) gives the same numbers.
+    _, ours = pair(case)
+    net = optimize(ours)
+    x = torch.randn(2, 3, case.own_small, case.own_small)
+    with torch.no_grad():
+        assert _branch_conv_calls(lambda: net(x)) == BRANCH_CONV_BLOCKS[case.name]
+        y = net(x)
+        for m in net.modules():
+            if isinstance(m, FusedBranches):
+                m.use_branch_conv = False
+        assert _branch_conv_calls(lambda: net(x)) == 0
+        assert rel_err(y, net(x)) < 1e-6
+
+
 def test_optimize_leaves_the_model_alone():
     torch.manual_seed(0)
     model = models.inception_v3(aux_logits=False, init_weights=False).eval()

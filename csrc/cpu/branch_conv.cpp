@@ -7,6 +7,7 @@
 // weights; an average-pool branch is projected first and pooled after (narrower tensor); the
 // max-pool branch pools x, then projects.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -24,6 +25,15 @@ at::Tensor conv_relu(const at::Tensor& x, const at::Tensor& w, const std::option
   at::Tensor y = at::convolution(x, w, b, stride, padding, /*dilation=*/{1, 1}, /*transposed=*/false,
                                  /*output_padding=*/{0, 0}, /*groups=*/1);
   return relu ? y.relu_() : y;
+}
+
+// The 3x3/1 max pool of the max-pool branch: the extension's max_pool op (no index tensor, several
+// times ATen's max_pool2d on these maps; csrc/cpu/max_pool.cpp).
+at::Tensor max_pool_3x3(const at::Tensor& x) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("inception_fast::max_pool", "")
+                       .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool)>();
+  return op.call(x, {3, 3}, {1, 1}, {1, 1}, false);
 }
 
 at::Tensor branch_conv(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -100,8 +110,7 @@ at::Tensor branch_conv(const at::Tensor& x_in, const at::Tensor& weight, const s
       if (bias.has_value()) r.add_(bias_of(i)->view({1, -1, 1, 1}));
       heads[i] = r.relu_();
     } else if (pool[i] == 3) {
-      const at::Tensor p = at::max_pool2d(x, {3, 3}, {1, 1}, {1, 1});
-      heads[i] = conv_relu(p.contiguous(at::MemoryFormat::ChannelsLast), rows(i), bias_of(i), {1, 1}, {0, 0});
+      heads[i] = conv_relu(max_pool_3x3(x), rows(i), bias_of(i), {1, 1}, {0, 0});
     }
   }
 
