@@ -4,9 +4,9 @@ reference path for the models INCEPTION_FAST_BENCH_COMPILE names), side by side 
 error against the reference path.
 
 Inference also times the block as optimize() compiles it ("optimized": BatchNorm folded, the 1x1s
-merged into one GEMM, ReLU and residual add as convolution post-ops, channels_last; on the CPU the
-blocks of its forms as one branch_conv call), and on a GPU the same with every block of those forms
-on the branch_conv op ("branch_conv": its Triton kernels, against cuDNN's convolutions in "optimized").
+merged into one GEMM, ReLU and residual add as convolution post-ops, channels_last), and as
+optimize(branch_conv=True) runs it where it is of the op's forms ("branch_conv": the C++ kernel on the
+CPU, the Triton kernels on a GPU, against the oneDNN / cuDNN convolutions of "optimized").
 
 Each block is timed on the input it gets inside its model at the model's native size (quick mode:
 75x75, BN-Inception 64) with the peer's random weights: CPU fp32 NCHW at batch 8, GPU bf16
@@ -162,8 +162,6 @@ def test_block_inference(benchmark, block, case, contestant):
     name, path, kind = block
     if contestant == "compile" and not compile_wanted(name):
         pytest.skip("torch.compile is timed for the models INCEPTION_FAST_BENCH_COMPILE names")
-    if contestant == "branch_conv" and case[0] == "cpu":
-        pytest.skip("on the CPU optimize() already runs these blocks as branch_conv ('optimized')")
     device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant in ("optimized", "branch_conv")
                                                     else contestant, train=False)
     benchmark.group = f"block infer {_ids(block)} [{kind}] {_case_id(case)} in {tuple(x.shape[1:])}"

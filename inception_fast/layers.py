@@ -381,7 +381,8 @@ def apply_layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         y = module.forward_merged(x)
         if y is not None:
             return y
-    elif type(module) is nn.Sequential and not module._forward_hooks and not module._forward_pre_hooks:
+    elif type(module) is nn.Sequential and not (module._forward_hooks or module._forward_pre_hooks
+                                                  or module._backward_hooks or module._backward_pre_hooks):
         for m in module:
             x = apply_layer(m, x)
         return x

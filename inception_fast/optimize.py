@@ -5,9 +5,10 @@ What it does to a model (eval only; the model given is left as it is):
   then rounded once to the run dtype), the ReLU a post-op of the convolution (oneDNN on the CPU);
 - in every Inception block the 1x1 convolutions that read the block input become ONE convolution
   with their output channels concatenated (the input is read once, one large GEMM instead of
-  several narrow ones); the following convs read their channel slice of it; on the CPU a block whose
-  branches all start at its input (all but the grid reductions and the forking Inception-v3 E /
-  v4 C blocks) is one ops.branch_conv call, each branch written into its slice of the block output;
+  several narrow ones); the following convs read their channel slice of it; with branch_conv=True a
+  block whose branches all start at its input (all but the grid reductions and the forking
+  Inception-v3 E / v4 C blocks) is one ops.branch_conv call, each branch written into its slice of
+  the block output;
 - the average-pool branch is projected first and pooled after (pool and 1x1 conv are both linear,
   so pool(conv(x)) == conv(pool(x)) for either count_include_pad), then bias and ReLU: the pool runs
   on the narrower tensor;
@@ -247,10 +248,11 @@ class FusedBranches(nn.Module):
     the branches' leading 1x1 convs as one merged convolution, the average-pool branch projected
     first, every other conv-BN-ReLU folded."""
 
-    # Whether forward runs the expressible blocks as ops.branch_conv: None = on the CPU (measured level
-    # with the composition below there, and one op call per block); True = on any device (the GPU
-    # check times the Triton kernel against cuDNN this way), False = never.
-    use_branch_conv: bool | None = None
+    # Whether forward runs the block as one ops.branch_conv call where its branches are of the op's
+    # forms (optimize(branch_conv=True)). Off by default: on the CPU the op measured 0.97-1.01x the
+    # composition below (which keeps oneDNN's prepacked weights and ReLU post-op; A/B, Inception-v3
+    # and GoogLeNet, fp32 and bf16, 2-core Zen 4), and its Triton kernels have not been timed on a GPU.
+    use_branch_conv: bool = False
 
     def __init__(self, branches: list[list]):
         super().__init__()
@@ -282,31 +284,55 @@ class FusedBranches(nn.Module):
         self.rests = nn.ModuleList(_compile_steps(r) for r in rests)
 
     def _init_branch_conv(self, branches: list[list]) -> None:
+        # Only the structure is kept: the op's tensors are this module's own folded weights, taken at
+        # call time (the block's 1x1 filters concatenated in branch order once per dtype and device,
+        # where they come from more than one module), so the weights are not stored twice.
         spec = branch_conv_spec(branches, torch.float32)
-        self._bc_args = None
-        if spec is None:
-            return
-        # The tensors as buffers (so .to(dtype / device) takes them along), the rest as plain args.
-        self.register_buffer("bc_weight", spec["weight"])
-        self.register_buffer("bc_bias", spec["bias"])
-        self._bc_n = len(spec["conv_weight"])
-        for j, (w, b) in enumerate(zip(spec["conv_weight"], spec["conv_bias"])):
-            self.register_buffer(f"bc_conv_weight{j}", w)
-            self.register_buffer(f"bc_conv_bias{j}", b)
-        self._bc_args = (spec["split"], spec["pool"], spec["depth"])
-        self._bc_geometry = (spec["conv_stride"], spec["conv_padding"])
+        self._bc_args = None if spec is None else (spec["split"], spec["pool"], spec["depth"])
+        self._bc_geometry = None if spec is None else (spec["conv_stride"], spec["conv_padding"])
+        self._bc_cache: dict = {}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_bc_cache"] = {}
+        return state
+
+    def _bc_tensors(self):
+        """(weight, bias, conv weights, conv biases) of ops.branch_conv, from the compiled modules."""
+        firsts, chains = [], []
+        pieces = iter(zip(self.merged.weight.split(self.sizes), self.merged.bias.split(self.sizes))) \
+            if self.merged is not None else iter(())
+        projections = iter(self.pool_projections)
+        for start, rest in zip(self.starts, self.rests):
+            if start == "merged":
+                firsts.append(next(pieces))
+                chains += list(rest)
+            elif start == "pool_proj":
+                proj = next(projections)
+                firsts.append((proj.project.weight, proj.bias.view(-1)))
+                chains += list(rest)
+            else:  # the max-pool branch: [MaxPool2d, its 1x1, ...]
+                firsts.append((rest[1].weight, rest[1].bias))
+                chains += list(rest)[2:]
+        if len(firsts) == len(self.sizes) and self.merged is not None:
+            weight, bias = self.merged.weight, self.merged.bias  # the merged conv's filters, in branch order
+        else:
+            key = (self.merged.weight.data_ptr() if self.merged is not None else None, firsts[0][0].dtype,
+                   firsts[0][0].device)
+            if key not in self._bc_cache:
+                self._bc_cache.clear()
+                self._bc_cache[key] = (torch.cat([w for w, _ in firsts]), torch.cat([b for _, b in firsts]))
+            weight, bias = self._bc_cache[key]
+        return weight, bias, [c.weight for c in chains], [c.bias for c in chains]
 
     def _branch_conv(self, x: torch.Tensor) -> torch.Tensor | None:
         """The block's branches as one ops.branch_conv call, where it is expressible and chosen."""
-        if self._bc_args is None or self.use_branch_conv is False or \
-                (self.use_branch_conv is None and x.device.type != "cpu"):
+        if self._bc_args is None or not self.use_branch_conv:
             return None
         from inception_fast.ops import branch_conv
 
-        n = self._bc_n
-        return branch_conv(x, self.bc_weight, self.bc_bias, *self._bc_args,
-                           [getattr(self, f"bc_conv_weight{j}") for j in range(n)],
-                           [getattr(self, f"bc_conv_bias{j}") for j in range(n)], *self._bc_geometry)
+        weight, bias, conv_weight, conv_bias = self._bc_tensors()
+        return branch_conv(x, weight, bias, *self._bc_args, conv_weight, conv_bias, *self._bc_geometry)
 
     def _concatenated(self, x: torch.Tensor) -> torch.Tensor:
         y = self._branch_conv(x)
@@ -441,12 +467,13 @@ class OptimizedModel(nn.Module):
 
 
 def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = True,
-             cuda_graph: bool = False) -> OptimizedModel:
+             cuda_graph: bool = False, branch_conv: bool = False) -> OptimizedModel:
     """`model` (any of the six, on its device) compiled for inference; the model itself is unchanged.
 
     dtype: the precision inside (default float32; torch.bfloat16 on CPUs with AVX-512 BF16 or AMX
     and on GPUs, torch.float16 on GPUs). channels_last: activations in NHWC (the layout oneDNN's and
-    cuDNN's fastest convolutions use)."""
+    cuDNN's fastest convolutions use). branch_conv: run every block of ops.branch_conv's forms as that
+    op (off by default: see FusedBranches.use_branch_conv)."""
     from inception_fast.models.bn_inception import BNInception
 
     if cuda_graph:
@@ -464,6 +491,9 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
         else:
             _rewrite(net)
         net = net.to(dtype)
+        for m in net.modules():
+            if isinstance(m, FusedBranches):
+                m.use_branch_conv = bool(branch_conv)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
     return OptimizedModel(net, dtype, channels_last).eval()
