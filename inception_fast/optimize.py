@@ -403,16 +403,80 @@ def _rewrite_bn_inception(model: nn.Module) -> None:
             setattr(model, name, _fast_max_pool(child))
 
 
+class _CudaGraphs:
+    """fn(x) replayed from a CUDA graph captured once per input shape, dtype, layout and device: the
+    launch overhead of a forward of a few hundred kernels goes (what batch-1 inference on a GPU is
+    made of). Each capture warms fn up on a side stream first (Triton compilation, cuDNN's algorithm
+    choice), then records it with its own input buffer; a call copies x into that buffer, replays,
+    and returns a copy of the output (the graph's own output is overwritten by the next replay)."""
+
+    def __init__(self, fn, max_graphs: int = 8):
+        self.fn = fn
+        self.max_graphs = max_graphs
+        self.graphs: dict = {}
+
+    def _capture(self, x: torch.Tensor):
+        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_in.copy_(x)
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(static_in)
+        return graph, static_in, static_out
+
+    def __call__(self, x: torch.Tensor):
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:  # a model fed many shapes keeps the latest few
+                self.graphs.clear()
+            entry = self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return _clone_out(static_out)
+
+
+def _clone_out(y):
+    if isinstance(y, torch.Tensor):
+        return y.clone()
+    if isinstance(y, tuple):
+        items = [_clone_out(v) for v in y]
+        return type(y)(*items) if hasattr(y, "_fields") else type(y)(items)
+    return y
+
+
 class OptimizedModel(nn.Module):
     """The compiled model, for inference: takes what the model took (float32, NCHW or channels_last)
     and returns float32; runs in `dtype` and channels_last inside. Attributes not found here are the
     model's (pretrained_cfg, num_classes, ...)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, cuda_graph: bool = False):
         super().__init__()
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
+        self.cuda_graph = cuda_graph
+        # forward's CUDA graphs (not state: dropped on copy, captured again on use)
+        self._graphs = _CudaGraphs(self._run) if cuda_graph else None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_graphs"] = None  # CUDA graphs do not copy or pickle: captured again on use
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.cuda_graph:
+            self._graphs = _CudaGraphs(self._run)
+
+    def _run(self, x: torch.Tensor):
+        return self.model(x)
 
     def __getattr__(self, name: str):
         try:
@@ -455,7 +519,11 @@ class OptimizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor):
         with torch.no_grad():
-            return self._output(self.model(self._input(x)), self._nan_rows(x))
+            xin = self._input(x)
+            # (A graph is captured after two eager warm-up runs, which check the input as forward does;
+            # a replay reuses a capture made for the same shape.)
+            y = self._graphs(xin) if self._graphs is not None and xin.is_cuda else self.model(xin)
+            return self._output(y, self._nan_rows(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -472,16 +540,18 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
 
     dtype: the precision inside (default float32; torch.bfloat16 on CPUs with AVX-512 BF16 or AMX
     and on GPUs, torch.float16 on GPUs). channels_last: activations in NHWC (the layout oneDNN's and
-    cuDNN's fastest convolutions use). branch_conv: run every block of ops.branch_conv's forms as that
+    cuDNN's fastest convolutions use). cuda_graph: on a GPU, forward replays a CUDA graph captured
+    once per input shape, dtype and layout (forward_features / forward_head run eagerly). branch_conv: run every block of ops.branch_conv's forms as that
     op (off by default: see FusedBranches.use_branch_conv)."""
     from inception_fast.models.bn_inception import BNInception
 
-    if cuda_graph:
-        raise NotImplementedError("optimize(cuda_graph=True) is not built yet (issue 8)")
     dtype = dtype or torch.float32
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"optimize() runs in float32, bfloat16 or float16, got {dtype}")
     device = next(model.parameters()).device
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"optimize(cuda_graph=True) replays CUDA graphs: the model must be on a GPU, it is on "
+                         f"{device}")
     if dtype == torch.float16 and device.type == "cpu":
         raise TypeError("optimize(dtype=torch.float16) is for GPUs: on the CPU use torch.bfloat16")
     net = copy.deepcopy(model).eval()
@@ -496,4 +566,4 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
                 m.use_branch_conv = bool(branch_conv)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-    return OptimizedModel(net, dtype, channels_last).eval()
+    return OptimizedModel(net, dtype, channels_last, cuda_graph).eval()

@@ -196,6 +196,8 @@ def test_bad_use_is_refused():
     no_stats.conv1.bn.running_var = None
     with pytest.raises(ValueError, match="running statistics"):
         optimize(no_stats)
+    with pytest.raises(ValueError, match="must be on a GPU"):
+        optimize(model, cuda_graph=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -210,3 +212,25 @@ def test_optimized_matches_peer_cuda(case, dtype):
     assert y.dtype == torch.float32 and y.device == x.device
     # float32 convolutions on cuDNN may run in TF32 (torch's default for cuDNN), in the peer too
     assert rel_err(y, ref) < (5e-3 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3", "inception_resnet_v2"])
+def test_cuda_graph_replays_the_model(name):
+    torch.manual_seed(0)
+    model = models.create_model(name, num_classes=10).eval().cuda()
+    eager = optimize(model, dtype=torch.bfloat16)
+    graphed = optimize(model, dtype=torch.bfloat16, cuda_graph=True)
+    for shape in [(2, 3, 96, 96), (2, 3, 96, 96), (3, 3, 107, 107), (2, 3, 96, 96)]:  # replays and a recapture
+        x = torch.randn(shape, device="cuda")
+        y, ref = graphed(x), eager(x)
+        assert y.shape == ref.shape and y.dtype == torch.float32
+        assert rel_err(y, ref) < 1e-6  # the same kernels, replayed
+    assert len(graphed._graphs.graphs) == 2
+    x = torch.randn(2, 3, 96, 96, device="cuda")
+    first = graphed(x)
+    graphed(torch.randn_like(x))
+    assert torch.equal(first, graphed(x))  # the output is the caller's, not the graph's buffer
+    x[1, 0, 5, 5] = float("nan")
+    assert graphed(x)[1].isnan().all() and not graphed(x)[0].isnan().any()
+    assert copy.deepcopy(graphed)(x).shape == first.shape  # a copy captures its own graphs
