@@ -173,8 +173,8 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
 
     x = x.contiguous(memory_format=torch.channels_last)
     n, _, h, w = x.shape
-    out = torch.empty(output_shape(x.shape, split, depth, conv_weight, conv_stride, conv_padding), dtype=x.dtype,
-                      device=x.device).contiguous(memory_format=torch.channels_last)
+    new = lambda shape: torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)  # noqa: E731
+    out = new(output_shape(x.shape, split, depth, conv_weight, conv_stride, conv_padding))
     offsets = [0]
     for s in split:
         offsets.append(offsets[-1] + s)
@@ -187,8 +187,7 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
     if direct:
         wm = torch.cat([rows(i) for i in direct])
         bm = torch.cat([bias_of(i) for i in direct]) if bias is not None else None
-        r = torch.empty((n, wm.shape[0], h, w), dtype=x.dtype, device=x.device).contiguous(
-            memory_format=torch.channels_last)
+        r = new((n, wm.shape[0], h, w))
         conv_into(x, wm, bm, (1, 1), (0, 0), r)
         c = 0
         for i in direct:
@@ -203,15 +202,13 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
         dst = out[:, c_out:c_out + width]
         c_out += width
         if pool[i] in (1, 2):
-            proj = torch.empty((n, s, h, w), dtype=x.dtype, device=x.device).contiguous(
-                memory_format=torch.channels_last)
+            proj = new((n, s, h, w))
             conv_into(x, rows(i), None, (1, 1), (0, 0), proj, relu=False)
             a = dst if not convs else torch.empty_like(proj)
             pool_into(proj, bias_of(i), pool[i] == 1, a)
         elif pool[i] == 3:
             pooled = F.max_pool2d(x, 3, 1, 1).contiguous(memory_format=torch.channels_last)
-            a = dst if not convs else torch.empty((n, s, h, w), dtype=x.dtype, device=x.device).contiguous(
-                memory_format=torch.channels_last)
+            a = dst if not convs else new((n, s, h, w))
             conv_into(pooled, rows(i), bias_of(i), (1, 1), (0, 0), a)
         else:
             a = heads[i]
@@ -223,8 +220,7 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
                 nxt = dst
             else:
                 oh, ow = _out_hw(a.shape[2:], conv_weight[jj], stride, padding)
-                nxt = torch.empty((n, conv_weight[jj].shape[0], oh, ow), dtype=x.dtype, device=x.device).contiguous(
-                    memory_format=torch.channels_last)
+                nxt = new((n, conv_weight[jj].shape[0], oh, ow))
             conv_into(a, conv_weight[jj], conv_bias[jj], stride, padding, nxt)
             a = nxt
     return out
