@@ -81,8 +81,8 @@ at::Tensor branch_conv(const at::Tensor& x_in, const at::Tensor& weight, const s
     return bias->narrow(0, offset[i], split[i]);
   };
 
-  // The branches whose 1x1 reads x: one convolution over their filters (contiguous runs of them
-  // are views of `weight`; otherwise their rows are gathered).
+  // The branches whose 1x1 reads x: one convolution over their filters (a view of `weight` for a
+  // single branch, their rows concatenated otherwise).
   std::vector<int64_t> direct;
   for (int64_t i = 0; i < S; ++i)
     if (pool[i] == 0) direct.push_back(i);
