@@ -24,6 +24,7 @@ each block's forward in the tests.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from inception_fast import memory
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 
 __all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual", "branch_conv_spec"]
@@ -517,8 +519,17 @@ class OptimizedModel(nn.Module):
     def _nan_rows(x: torch.Tensor) -> torch.Tensor | None:
         return x.isnan().flatten(1).any(1) if x.dim() >= 2 else None
 
+    def _scope(self, x):
+        """no_grad, and on the CPU the memory pool (inception_fast.memory): a forward's activations
+        reuse the blocks of the previous one instead of page-faulting fresh memory in."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+            stack.enter_context(memory.pooled())
+        return stack
+
     def forward(self, x: torch.Tensor):
-        with torch.no_grad():
+        with self._scope(x):
             xin = self._input(x)
             # (A graph is captured after two eager warm-up runs, which check the input as forward does;
             # a replay reuses a capture made for the same shape.)
@@ -526,11 +537,11 @@ class OptimizedModel(nn.Module):
             return self._output(y, self._nan_rows(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with self._scope(x):
             return self._output(self.model.forward_features(self._input(x)), self._nan_rows(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        with torch.no_grad():
+        with self._scope(x):
             return self._output(self.model.forward_head(x.to(self.dtype), pre_logits=pre_logits), self._nan_rows(x))
 
 
