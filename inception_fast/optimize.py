@@ -17,7 +17,10 @@ What it does to a model (eval only; the model given is left as it is):
 - max pools on the max_pool op (no int64 index tensor: 1.6-4.5x ATen's on these maps);
 - activations in channels_last and, with `dtype=torch.bfloat16` (or float16 on a GPU), in that
   dtype; the result takes the same input as the model (float32, NCHW or channels_last) and returns
-  float32.
+  float32;
+- on the CPU, forward runs under the memory pool (`inception_fast.memory`): each forward's
+  activations reuse the blocks the previous one freed instead of page-faulting fresh memory in
+  (1.10-1.22x on googlenet and inception_resnet_v2, measured in one process with and without).
 
 The block descriptions it compiles are the models' own (`BranchBlock.branches()`), checked against
 each block's forward in the tests.
