@@ -159,7 +159,7 @@ def _model_rows(tr, groups):
             info = b.extra_info
             t = _median(b)
             device = info.get("device", "cpu")
-            # bf16 contestants against the bf16 matmul peak (on a GPU every case is bf16)
+            # bf16 contestants against the bf16 peak (on a GPU every case is bf16)
             low = device != "cpu" or info["contestant"].endswith("bf16") or "bf16" in info.get("dtype", "") \
                 or "bfloat16" in info.get("dtype", "")
             key = f"{device} {'bf16' if low else 'fp32'}"

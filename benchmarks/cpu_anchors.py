@@ -2,7 +2,7 @@
 process, the contestants taking turns, so a slow spell of a shared machine hits all alike):
 eager NCHW and channels_last, optimize() in float32 and bf16, ONNX Runtime (ORT_ENABLE_ALL) and
 OpenVINO (f32 and bf16 precision hints) on an ONNX export of the reference path, optionally
-torch.compile with freezing. Each with img/s, its share of the fp32 or bf16 matmul peak measured in
+torch.compile with freezing. Each with img/s, its share of the fp32 or bf16 attainable peak (best of a large matmul and a 3x3 conv) measured in
 this process, and its relative error against eager float32.
 
     python benchmarks/cpu_anchors.py --models inception_v3 googlenet --batch 8 --rounds 5 [--compile]
@@ -67,7 +67,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="add torch.compile with freezing (minutes per model)")
     args = p.parse_args()
     peaks = {"fp32": attainable_peak("cpu", torch.float32), "bf16": attainable_peak("cpu", torch.bfloat16)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak (best of matmul, 3x3 conv) fp32 {peaks['fp32'] / 1e9:.0f}, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; batch {args.batch}, median of {args.rounds} interleaved rounds of "
           f"{args.reps} timed calls each")
     print(f"{'model':22s} {'contestant':17s} {'img/s':>7s} {'% peak':>7s} {'vs eager':>9s} {'rel. err':>9s}")
