@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inception_fast import memory
+from inception_fast._replay import Programs
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 
 __all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual", "branch_conv_spec"]
@@ -456,29 +457,42 @@ def _clone_out(y):
     return y
 
 
+def _settings_key():
+    """The package settings that pick kernels at run time: a recorded program is per their values."""
+    from inception_fast import layers
+    from inception_fast.ops import _backend
+
+    return _backend._setting.get(), layers._fused.get(), layers._merge_1x1.get()
+
+
 class OptimizedModel(nn.Module):
     """The compiled model, for inference: takes what the model took (float32, NCHW or channels_last)
     and returns float32; runs in `dtype` and channels_last inside. Attributes not found here are the
     model's (pretrained_cfg, num_classes, ...)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, cuda_graph: bool = False):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, cuda_graph: bool = False,
+                 replay: bool = True):
         super().__init__()
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
         self.cuda_graph = cuda_graph
-        # forward's CUDA graphs (not state: dropped on copy, captured again on use)
+        self.replay = replay
+        # forward's CUDA graphs and CPU programs (not state: dropped on copy, made again on use)
         self._graphs = _CudaGraphs(self._run) if cuda_graph else None
+        self._programs = Programs(model, self._run) if replay else None
 
     def __getstate__(self):
         state = super().__getstate__()
         state["_graphs"] = None  # CUDA graphs do not copy or pickle: captured again on use
+        state["_programs"] = None  # nor do recorded programs (they hold the modules' tensors)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         if self.cuda_graph:
             self._graphs = _CudaGraphs(self._run)
+        self._programs = Programs(self.model, self._run) if state.get("replay", True) else None
 
     def _run(self, x: torch.Tensor):
         return self.model(x)
@@ -536,7 +550,12 @@ class OptimizedModel(nn.Module):
             xin = self._input(x)
             # (A graph is captured after two eager warm-up runs, which check the input as forward does;
             # a replay reuses a capture made for the same shape.)
-            y = self._graphs(xin) if self._graphs is not None and xin.is_cuda else self.model(xin)
+            if self._graphs is not None and xin.is_cuda:
+                y = self._graphs(xin)
+            elif self._programs is not None and xin.device.type == "cpu":
+                y = self._programs(xin, _settings_key())
+            else:
+                y = self.model(xin)
             return self._output(y, self._nan_rows(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -549,14 +568,16 @@ class OptimizedModel(nn.Module):
 
 
 def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = True,
-             cuda_graph: bool = False, branch_conv: bool = False) -> OptimizedModel:
+             cuda_graph: bool = False, branch_conv: bool = False, replay: bool = True) -> OptimizedModel:
     """`model` (any of the six, on its device) compiled for inference; the model itself is unchanged.
 
     dtype: the precision inside (default float32; torch.bfloat16 on CPUs with AVX-512 BF16 or AMX
     and on GPUs, torch.float16 on GPUs). channels_last: activations in NHWC (the layout oneDNN's and
     cuDNN's fastest convolutions use). cuda_graph: on a GPU, forward replays a CUDA graph captured
     once per input shape, dtype and layout (forward_features / forward_head run eagerly). branch_conv: run every block of ops.branch_conv's forms as that
-    op (off by default: see FusedBranches.use_branch_conv)."""
+    op (off by default: see FusedBranches.use_branch_conv). replay: on the CPU, forward replays the
+    ops it recorded on its second call with an input of that shape, strides and dtype, without the
+    Python of the module tree (inception_fast._replay; not while forward hooks are registered)."""
     from inception_fast.models.bn_inception import BNInception
 
     dtype = dtype or torch.float32
@@ -580,4 +601,4 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
                 m.use_branch_conv = bool(branch_conv)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-    return OptimizedModel(net, dtype, channels_last, cuda_graph).eval()
+    return OptimizedModel(net, dtype, channels_last, cuda_graph, replay).eval()

@@ -1,0 +1,216 @@
+"""A forward recorded once as the flat list of the ops it dispatched, then replayed without the
+Python around them: the CPU counterpart of a CUDA graph, for `optimize()`d models.
+
+Why: on the CPU at batch 1 the Python of the module tree (module calls, branch bookkeeping, weight
+cache lookups) costs about 30 us per op, 2.5 ms of a 20 ms googlenet forward; a replay calls the
+same ops with the same arguments from a list, a few microseconds each.
+
+How: the first call for an input signature (shape, strides, dtype, device, and the package's
+settings that pick kernels) runs the model under a TorchDispatchMode that records each op, its
+non-tensor arguments, its constant tensors (weights, prepacked weights: held by reference), and
+which earlier result each tensor argument is. A replay runs the steps in order and drops each
+result after its last use (the same peak memory as the model). The recording is refused -- the
+model then runs as it is, with a warning -- when an op reads tensor data into Python
+(`.item()`, nonzero, ...), draws random numbers, writes into a constant, or returns something
+other than tensors: a replay could not reproduce that.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["Program", "Programs", "RecordingRefused"]
+
+# Ops whose result a replay would not reproduce: they read tensor data into Python, make the
+# shape of their result depend on it, or draw random numbers.
+_DATA_DEPENDENT = {
+    "aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::nonzero_static", "aten::masked_select",
+    "aten::unique", "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
+    "aten::is_nonzero", "aten::equal", "aten::allclose", "aten::bernoulli", "aten::bernoulli_",
+    "aten::native_dropout", "aten::rand", "aten::rand_like", "aten::randn", "aten::randn_like",
+    "aten::randint", "aten::randint_like", "aten::randperm", "aten::normal", "aten::normal_", "aten::uniform_",
+    "aten::multinomial", "aten::exponential_", "aten::geometric_", "aten::cauchy_", "aten::log_normal_",
+    "aten::random_", "aten::_assert_async", "aten::_assert_scalar",
+}
+
+
+class RecordingRefused(RuntimeError):
+    pass
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.slot_of: dict[int, int] = {id(x): 0}
+        self.keep = [x]  # every recorded tensor stays alive while recording: ids stay unique
+        self.n_slots = 1
+        self.steps: list = []  # (func, args template, kwargs, fills, list fills, out slots, out kind)
+
+    def _arg(self, a, fills, pos):
+        if isinstance(a, torch.Tensor):
+            slot = self.slot_of.get(id(a))
+            if slot is not None:
+                fills.append((pos, slot))
+                return None
+            return a  # a constant: weight, bias, prepacked weight, buffer
+        return a
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        if name in _DATA_DEPENDENT:
+            raise RecordingRefused(f"{func} reads tensor data or draws random numbers")
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                if isinstance(value, torch.Tensor) and id(value) not in self.slot_of:
+                    raise RecordingRefused(f"{func} writes into a tensor the forward did not make")
+        tmpl, fills, list_fills = [], [], []
+        for i, a in enumerate(args):
+            if isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in a):
+                sub = []
+                items = [self._arg(t, sub, j) for j, t in enumerate(a)]
+                if sub:
+                    list_fills.append((i, tuple(items), tuple(sub), type(a)))
+                tmpl.append(type(a)(items) if not sub else None)
+            else:
+                tmpl.append(self._arg(a, fills, i))
+        if any(isinstance(v, torch.Tensor) and id(v) in self.slot_of for v in kwargs.values()) or any(
+                isinstance(v, (list, tuple)) for v in kwargs.values()):
+            raise RecordingRefused(f"{func} takes a forward's tensor as a keyword argument")
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            outs, kind = [out], "tensor"
+        elif isinstance(out, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in out):
+            outs, kind = list(out), type(out)
+        else:
+            raise RecordingRefused(f"{func} returns {type(out).__name__}, not tensors")
+        slots = []
+        for t in outs:
+            slot = self.slot_of.get(id(t))
+            if slot is None:  # a new tensor (an in-place op returns its input: the same slot)
+                slot = self.slot_of[id(t)] = self.n_slots
+                self.n_slots += 1
+                self.keep.append(t)
+            slots.append(slot)
+        self.steps.append((func, tuple(tmpl), dict(kwargs), tuple(fills), tuple(list_fills), tuple(slots), kind))
+        return out
+
+
+class Program:
+    """The recorded ops of one forward: `run(x)` replays them on a new input of the same signature."""
+
+    def __init__(self, rec: _Recorder, output):
+        flat = output if isinstance(output, (list, tuple)) else [output]
+        if not all(isinstance(t, torch.Tensor) and id(t) in rec.slot_of for t in flat):
+            raise RecordingRefused("the forward returned a tensor that none of its ops made")
+        self.out_slots = tuple(rec.slot_of[id(t)] for t in flat)
+        self.out_kind = None if isinstance(output, torch.Tensor) else type(output)
+        # each slot dropped right after the step that reads it last (outputs kept)
+        last = {}
+        for k, (_, _, _, fills, list_fills, slots, _) in enumerate(rec.steps):
+            for s in slots:
+                last.setdefault(s, k)
+            for _, s in fills:
+                last[s] = k
+            for _, _, sub, _ in list_fills:
+                for _, s in sub:
+                    last[s] = k
+        frees: dict[int, list[int]] = {}
+        for s, k in last.items():
+            if s not in self.out_slots and s != 0:
+                frees.setdefault(k, []).append(s)
+        self.n_slots = rec.n_slots
+        # OpOverload's own entry point (its Python __call__ only forwards to it)
+        self.steps = [(getattr(func, "_op", func), tmpl, kwargs or None, fills, list_fills, slots, kind,
+                       tuple(frees.get(k, ())))
+                      for k, (func, tmpl, kwargs, fills, list_fills, slots, kind) in enumerate(rec.steps)]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def run(self, x: torch.Tensor):
+        vals = [None] * self.n_slots
+        vals[0] = x
+        for func, tmpl, kwargs, fills, list_fills, slots, kind, frees in self.steps:
+            a = list(tmpl)
+            for i, s in fills:
+                a[i] = vals[s]
+            for i, items, sub, typ in list_fills:
+                items = list(items)
+                for j, s in sub:
+                    items[j] = vals[s]
+                a[i] = typ(items)
+            out = func(*a, **kwargs) if kwargs else func(*a)
+            if kind == "tensor":
+                vals[slots[0]] = out
+            else:
+                for s, t in zip(slots, out):
+                    vals[s] = t
+            for s in frees:
+                vals[s] = None
+        outs = [vals[s] for s in self.out_slots]
+        return outs[0] if self.out_kind is None else self.out_kind(outs)
+
+
+def _signature(x: torch.Tensor, extra) -> tuple:
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, extra)
+
+
+class Programs:
+    """forward(x) through a Program recorded on the second call with an input signature (the latest
+    8 kept). While the model or torch has forward hooks, it runs as it is (the hooks see their calls)."""
+
+    def __init__(self, model: nn.Module, forward, limit: int = 8):
+        self.model = model
+        self.forward = forward
+        self.limit = limit
+        self.programs: OrderedDict = OrderedDict()
+        self.refused: dict = {}
+        self.seen: set = set()
+        self.lock = threading.Lock()
+        self._modules = list(model.modules())
+
+    def _hooked(self) -> bool:
+        m = nn.modules.module
+        if m._global_forward_hooks or m._global_forward_pre_hooks:
+            return True
+        return any(mod._forward_hooks or mod._forward_pre_hooks for mod in self._modules)
+
+    def __call__(self, x: torch.Tensor, extra=None):
+        if self._hooked():
+            return self.forward(x)
+        key = _signature(x, extra)
+        with self.lock:
+            prog = self.programs.get(key)
+            if prog is not None:
+                self.programs.move_to_end(key)
+        if prog is not None:
+            return prog.run(x)
+        if key in self.refused:
+            return self.forward(x)
+        if key not in self.seen:
+            # the first call runs as it is: what the model builds on first use (prepacked weights)
+            # is then there, and a recording holds it as a constant instead of redoing it
+            self.seen.add(key)
+            return self.forward(x)
+        with self.lock:
+            rec = _Recorder(x)
+            try:
+                with rec:
+                    out = self.forward(x)
+                prog = Program(rec, out)
+            except RecordingRefused as e:
+                self.refused[key] = str(e)
+                warnings.warn(f"inception_fast.optimize: this model's forward cannot be replayed ({e}); it runs "
+                              "through its modules on every call", stacklevel=3)
+                return self.forward(x)
+            self.programs[key] = prog
+            while len(self.programs) > self.limit:
+                self.programs.popitem(last=False)
+        return out

@@ -1,0 +1,151 @@
+"""inception_fast._replay: an optimize()d model's CPU forward recorded once per input signature and
+replayed without its module tree.
+
+- the replay gives the bits the modules give, call after call, on fresh inputs, for several input
+  shapes and layouts, in float32 and bf16;
+- forward hooks are honoured (the model runs through its modules while there are any);
+- a change of the package's kernel settings records a new program;
+- a forward that reads tensor data, draws random numbers or writes into its own state is not
+  replayed (a warning, and the model's own results every call);
+- a program drops each intermediate after its last use; copies and pickles of the model record again.
+"""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _peers import randomise
+from inception_fast import models, ops, optimize
+from inception_fast._replay import Program, Programs
+
+
+def _googlenet():
+    torch.manual_seed(0)
+    return randomise(models.googlenet(num_classes=10, aux_logits=False, init_weights=True)).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_replay_gives_the_modules_bits(dtype):
+    model = _googlenet()
+    fast, plain = optimize(model, dtype=dtype), optimize(model, dtype=dtype, replay=False)
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(2, 3, 96, 96), (1, 3, 75, 83), (2, 3, 96, 96)]
+    for call in range(3):
+        for shape in shapes:
+            x = torch.randn(shape, generator=gen)
+            if call == 1:
+                x = x.contiguous(memory_format=torch.channels_last)
+            assert torch.equal(fast(x), plain(x)), (call, shape)
+    programs = fast._programs.programs
+    assert len(programs) == 2  # one per shape: the model runs on its input made channels_last
+    assert all(len(p) > 40 for p in programs.values())
+
+
+def test_residual_model_replays():
+    torch.manual_seed(0)
+    model = randomise(models.inception_resnet_v2(num_classes=7)).eval()
+    fast, plain = optimize(model), optimize(model, replay=False)
+    for _ in range(3):
+        x = torch.randn(1, 3, 75, 75)
+        assert torch.equal(fast(x), plain(x))
+    assert len(fast._programs.programs) == 1
+
+
+def test_hooks_see_their_calls():
+    fast = optimize(_googlenet())
+    x = torch.randn(1, 3, 64, 64)
+    fast(x), fast(x)
+    assert len(fast._programs.programs) == 1
+    seen = []
+    handle = fast.model.inception3a.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    y = fast(x)
+    assert len(seen) == 1
+    handle.remove()
+    assert torch.equal(fast(x), y) and len(seen) == 1
+
+
+def test_a_settings_change_records_a_new_program():
+    fast = optimize(_googlenet())
+    x = torch.randn(1, 3, 64, 64)
+    fast(x), fast(x)
+    with ops.use_backend("reference"):
+        plain = optimize(_googlenet(), replay=False)
+        for _ in range(2):
+            assert torch.equal(fast(x), plain(x))
+    assert len(fast._programs.programs) == 2
+
+
+class _ReadsData(nn.Module):
+    def forward(self, x):
+        return x * x.sum().item()
+
+
+class _Random(nn.Module):
+    def forward(self, x):
+        return x + torch.rand_like(x)
+
+
+class _Counts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return x * self.calls
+
+
+@pytest.mark.parametrize("module", [_ReadsData, _Random, _Counts])
+def test_forwards_a_replay_cannot_reproduce_are_run_as_they_are(module):
+    m = module()
+    progs = Programs(m, m)
+    with pytest.warns(UserWarning, match="cannot be replayed"):
+        for i in range(4):
+            x = torch.randn(3, 5)
+            y = progs(x)
+            if module is _ReadsData:
+                assert torch.equal(y, x * x.sum().item())
+            elif module is _Counts:
+                assert torch.equal(y, x * (i + 1))
+            else:
+                assert ((y - x) >= 0).all() and ((y - x) < 1).all()
+    assert not progs.programs and progs.refused
+
+
+def test_a_program_drops_intermediates_after_their_last_use():
+    class Chain(nn.Module):
+        def forward(self, x):
+            skip = x * 2
+            for _ in range(5):
+                x = torch.relu(x + 1)
+            return x + skip
+
+    m = Chain()
+    progs = Programs(m, m)
+    x = torch.randn(4, 4)
+    progs(x), progs(x)
+    (prog,) = progs.programs.values()
+    assert isinstance(prog, Program) and len(prog) == 12
+    freed = {s for step in prog.steps for s in step[-1]}
+    made = {s for step in prog.steps for s in step[5]}
+    assert freed == made - set(prog.out_slots)
+    x = torch.randn(4, 4)
+    assert torch.equal(progs(x), m(x))
+
+
+def test_copies_and_pickles_record_again():
+    fast = optimize(_googlenet())
+    x = torch.randn(1, 3, 64, 64)
+    y = [fast(x) for _ in range(3)][-1]
+    for other in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert not other._programs.programs
+        assert all(torch.equal(other(x), y) for _ in range(3))
+        assert len(other._programs.programs) == 1
+    buf = io.BytesIO()
+    torch.save(fast, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded(x), y)
