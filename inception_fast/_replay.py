@@ -68,8 +68,9 @@ class _Recorder(TorchDispatchMode):
         for i, arg in enumerate(func._schema.arguments):
             if arg.alias_info is not None and arg.alias_info.is_write:
                 value = args[i] if i < len(args) else kwargs.get(arg.name)
-                if isinstance(value, torch.Tensor) and id(value) not in self.slot_of:
-                    raise RecordingRefused(f"{func} writes into a tensor the forward did not make")
+                for t in (value if isinstance(value, (list, tuple)) else (value,)):
+                    if isinstance(t, torch.Tensor) and id(t) not in self.slot_of:
+                        raise RecordingRefused(f"{func} writes into a tensor the forward did not make")
         tmpl, fills, list_fills = [], [], []
         for i, a in enumerate(args):
             if isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in a):
@@ -80,9 +81,10 @@ class _Recorder(TorchDispatchMode):
                 tmpl.append(type(a)(items) if not sub else None)
             else:
                 tmpl.append(self._arg(a, fills, i))
-        if any(isinstance(v, torch.Tensor) and id(v) in self.slot_of for v in kwargs.values()) or any(
-                isinstance(v, (list, tuple)) for v in kwargs.values()):
-            raise RecordingRefused(f"{func} takes a forward's tensor as a keyword argument")
+        for v in kwargs.values():
+            for t in (v if isinstance(v, (list, tuple)) else (v,)):
+                if isinstance(t, torch.Tensor) and id(t) in self.slot_of:
+                    raise RecordingRefused(f"{func} takes a forward's tensor as a keyword argument")
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             outs, kind = [out], "tensor"

@@ -142,3 +142,27 @@ def test_optimized_model_same_bits_in_and_out_of_the_pool():
     second = m(x)
     assert memory.stats()["hits"] > hits  # the second forward reused the first one's blocks
     assert torch.equal(first, plain) and torch.equal(second, plain)
+
+
+def _child_uses_the_pool(q):
+    torch.set_num_threads(1)  # GNU OpenMP hangs in a forked child of a parent that used it (as DataLoader workers do)
+    with memory.pooled():
+        x = torch.ones(BIG)
+        del x
+        y = torch.ones(BIG)
+    q.put(float(y.sum()))
+
+
+def test_a_forked_child_uses_the_pool():
+    import multiprocessing as mp
+
+    with memory.pooled():
+        keep = torch.randn(BIG)  # the parent holds pooled blocks when it forks
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_uses_the_pool, args=(q,))
+    p.start()
+    assert q.get(timeout=60) == BIG
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    del keep

@@ -20,9 +20,12 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstddef>
 #include <map>
+#include <string>
 #include <mutex>
 #include <unordered_map>
 
@@ -83,6 +86,9 @@ class CachingCPUAllocator final : public c10::Allocator {
   }
 
   static void Delete(void* p);
+
+  void lock() { mutex_.lock(); }
+  void unlock() { mutex_.unlock(); }
 
   void release(void* p) {
     if (ever_used_.load(std::memory_order_acquire)) {
@@ -163,6 +169,10 @@ CachingCPUAllocator* pool_or_install() {
     }
     auto* pool = new CachingCPUAllocator(base);
     g_pool.store(pool, std::memory_order_release);
+    // A fork while another thread holds the pool's lock would leave the child's copy locked
+    // forever (DataLoader workers fork): hold it across the fork, release it on both sides.
+    pthread_atfork([] { g_pool.load()->lock(); }, [] { g_pool.load()->unlock(); },
+                   [] { g_pool.load()->unlock(); });
     c10::SetCPUAllocator(pool, /*priority=*/0);
     if (c10::GetCPUAllocator() != pool) failure = "another CPU allocator of higher priority is installed";
   });
