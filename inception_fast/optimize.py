@@ -489,6 +489,7 @@ class OptimizedModel(nn.Module):
         state = super().__getstate__()
         state["_graphs"] = None  # CUDA graphs do not copy or pickle: captured again on use
         state["_programs"] = None  # nor do recorded programs (they hold the modules' tensors)
+        state.pop("_fused_branches", None)
         return state
 
     def __setstate__(self, state):
@@ -499,6 +500,13 @@ class OptimizedModel(nn.Module):
 
     def _run(self, x: torch.Tensor):
         return self.model(x)
+
+    def _switches(self) -> tuple:
+        """The per-block kernel switches (FusedBranches.use_branch_conv): a recorded program is per them."""
+        fused = self.__dict__.get("_fused_branches")
+        if fused is None:
+            fused = self.__dict__["_fused_branches"] = [m for m in self.model.modules() if isinstance(m, FusedBranches)]
+        return tuple(m.use_branch_conv for m in fused)
 
     def __getattr__(self, name: str):
         try:
@@ -556,7 +564,7 @@ class OptimizedModel(nn.Module):
             if self._graphs is not None and xin.is_cuda:
                 y = self._graphs(xin)
             elif self._programs is not None and xin.device.type == "cpu":
-                y = self._programs(xin, _settings_key())
+                y = self._programs(xin, (_settings_key(), self._switches()))
             else:
                 y = self.model(xin)
             return self._output(y, self._nan_rows(x))

@@ -78,6 +78,19 @@ def test_a_settings_change_records_a_new_program():
     assert len(fast._programs.programs) == 2
 
 
+def test_a_block_switch_change_records_a_new_program():
+    fast = optimize(_googlenet())
+    plain = optimize(_googlenet(), branch_conv=True, replay=False)
+    x = torch.randn(1, 3, 64, 64)
+    fast(x), fast(x)
+    for m in fast.model.modules():
+        if hasattr(m, "use_branch_conv"):
+            m.use_branch_conv = True
+    for _ in range(2):
+        assert torch.equal(fast(x), plain(x))
+    assert len(fast._programs.programs) == 2
+
+
 class _ReadsData(nn.Module):
     def forward(self, x):
         return x * x.sum().item()
