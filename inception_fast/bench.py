@@ -151,6 +151,7 @@ def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         outs = {c: n(x) for c, n in nets.items()}  # the warm-up, and the error
+        optimized(x)  # on the CPU its second call records the program later calls replay
         fns = {c: (lambda n=n: n(x)) for c, n in nets.items()}
         med = _interleaved(fns, rounds, device)
     return [Result(name, "inference", c, device, str(dtype).split(".")[-1],

@@ -162,3 +162,27 @@ def test_copies_and_pickles_record_again():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     assert torch.equal(loaded(x), y)
+
+
+def test_threads_share_a_model():
+    import threading
+
+    fast, plain = optimize(_googlenet()), optimize(_googlenet(), replay=False)
+    gen = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(1, 3, 64 + 8 * (i % 2), 64, generator=gen) for i in range(8)]
+    expected = [plain(x) for x in inputs]
+    errors = []
+
+    def work(k):
+        for i in range(k, k + 8):
+            x = inputs[i % 8]
+            if not torch.equal(fast(x), expected[i % 8]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(fast._programs.programs) == 2
