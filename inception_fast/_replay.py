@@ -5,8 +5,9 @@ Why: on the CPU at batch 1 the Python of the module tree (module calls, branch b
 cache lookups) costs about 30 us per op, 2.5 ms of a 20 ms googlenet forward; a replay calls the
 same ops with the same arguments from a list, a few microseconds each.
 
-How: the first call for an input signature (shape, strides, dtype, device, and the package's
-settings that pick kernels) runs the model under a TorchDispatchMode that records each op, its
+How: the first call with an input signature (shape, strides, dtype, device, and the settings that
+pick kernels) runs the model as it is, building what it builds on first use (prepacked weights);
+the second runs it under a TorchDispatchMode that records each op, its
 non-tensor arguments, its constant tensors (weights, prepacked weights: held by reference), and
 which earlier result each tensor argument is. A replay runs the steps in order and drops each
 result after its last use (the same peak memory as the model). The recording is refused -- the
@@ -199,6 +200,8 @@ class Programs:
         if key not in self.seen:
             # the first call runs as it is: what the model builds on first use (prepacked weights)
             # is then there, and a recording holds it as a constant instead of redoing it
+            if len(self.seen) >= 64 * self.limit:  # a stream of ever-new shapes: forget the oldest
+                self.seen.clear()
             self.seen.add(key)
             return self.forward(x)
         with self.lock:
@@ -208,6 +211,8 @@ class Programs:
                     out = self.forward(x)
                 prog = Program(rec, out)
             except RecordingRefused as e:
+                if len(self.refused) >= 64 * self.limit:
+                    self.refused.clear()
                 self.refused[key] = str(e)
                 warnings.warn(f"inception_fast.optimize: this model's forward cannot be replayed ({e}); it runs "
                               "through its modules on every call", stacklevel=3)
