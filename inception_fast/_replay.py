@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Program", "Programs", "RecordingRefused"]
+__all__ = ["Program", "Programs", "RecordingRefused", "signature"]
 
 # Ops whose result a replay would not reproduce: they read tensor data into Python, make the
 # shape of their result depend on it, or draw random numbers.
@@ -161,7 +161,8 @@ class Program:
         return outs[0] if self.out_kind is None else self.out_kind(outs)
 
 
-def _signature(x: torch.Tensor, extra) -> tuple:
+def signature(x: torch.Tensor, extra=None) -> tuple:
+    """What a recording (or a CUDA graph) of a forward on x is specific to."""
     return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, extra)
 
 
@@ -170,7 +171,6 @@ class Programs:
     8 kept). While the model or torch has forward hooks, it runs as it is (the hooks see their calls)."""
 
     def __init__(self, model: nn.Module, forward, limit: int = 8):
-        self.model = model
         self.forward = forward
         self.limit = limit
         self.programs: OrderedDict = OrderedDict()
@@ -188,7 +188,7 @@ class Programs:
     def __call__(self, x: torch.Tensor, extra=None):
         if self._hooked():
             return self.forward(x)
-        key = _signature(x, extra)
+        key = signature(x, extra)
         with self.lock:
             prog = self.programs.get(key)
             if prog is not None:

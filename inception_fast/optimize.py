@@ -39,9 +39,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast import memory
-from inception_fast._replay import Programs
+from inception_fast import layers, memory
+from inception_fast._replay import Programs, signature
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
+from inception_fast.ops import _backend
 
 __all__ = ["optimize", "OptimizedModel", "FoldedConv", "FusedBranches", "FusedResidual", "branch_conv_spec"]
 
@@ -439,7 +440,7 @@ class _CudaGraphs:
         return graph, static_in, static_out
 
     def __call__(self, x: torch.Tensor):
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+        key = signature(x)
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.max_graphs:  # a model fed many shapes keeps the latest few
@@ -462,9 +463,6 @@ def _clone_out(y):
 
 def _settings_key():
     """The package settings that pick kernels at run time: a recorded program is per their values."""
-    from inception_fast import layers
-    from inception_fast.ops import _backend
-
     return _backend._setting.get(), layers._fused.get(), layers._merge_1x1.get()
 
 
