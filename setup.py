@@ -53,7 +53,8 @@ def _cuda_include_dirs():
 
 
 def extensions():
-    cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp")]
+    cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp"),
+                        os.path.join(ROOT, "csrc", "python_replay.cpp")]
                        + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
                        + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp"))
                        + glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))

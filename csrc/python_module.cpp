@@ -1,7 +1,7 @@
 // Makes the shared library importable as the Python module inception_fast._C; importing it runs
 // the TORCH_LIBRARY registrations of every source linked in. The ops are reached through
-// torch.ops.inception_fast; the module itself holds only the CPU memory pool's controls
-// (inception_fast.memory wraps them).
+// torch.ops.inception_fast; the module itself holds the CPU memory pool's controls
+// (inception_fast.memory wraps them) and the replay of recorded forwards (python_replay.cpp).
 #include <Python.h>
 
 #include <c10/util/Exception.h>
@@ -74,9 +74,22 @@ PyMethodDef methods[] = {
 
 }  // namespace
 
+namespace inception_fast {
+void add_replay(PyObject* module);
+}
+
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  try {
+    inception_fast::add_replay(module);
+  } catch (const std::exception& e) {
+    Py_DECREF(module);
+    PyErr_SetString(PyExc_ImportError, e.what());
+    return nullptr;
+  }
+  return module;
 }
 }

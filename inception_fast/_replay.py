@@ -133,11 +133,18 @@ class Program:
         self.steps = [(getattr(func, "_op", func), tmpl, kwargs or None, fills, list_fills, slots, kind,
                        tuple(frees.get(k, ())))
                       for k, (func, tmpl, kwargs, fills, list_fills, slots, kind) in enumerate(rec.steps)]
+        self.native = _native(rec.steps, frees, self.n_slots, self.out_slots)
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def run(self, x: torch.Tensor):
+        if self.native is not None:
+            outs = self.native.run(x)
+            return outs[0] if self.out_kind is None else self.out_kind(outs)
+        return self.run_python(x)
+
+    def run_python(self, x: torch.Tensor):
         vals = [None] * self.n_slots
         vals[0] = x
         for func, tmpl, kwargs, fills, list_fills, slots, kind, frees in self.steps:
@@ -159,6 +166,36 @@ class Program:
                 vals[s] = None
         outs = [vals[s] for s in self.out_slots]
         return outs[0] if self.out_kind is None else self.out_kind(outs)
+
+
+_native_warned = False
+
+
+def _native(steps, frees, n_slots: int, out_slots):
+    """The program as the extension's Replay (the ops called from C++, no Python between them), or
+    None, said once, where the extension is not there or cannot take an op."""
+    global _native_warned
+    from inception_fast import _ext
+
+    try:
+        if not _ext.loaded():
+            raise RuntimeError(f"the C++ extension did not load ({_ext.LOAD_ERROR})")
+        native = _ext._C.Replay(n_slots, list(out_slots))
+        for k, (func, tmpl, kwargs, fills, list_fills, slots, _) in enumerate(steps):
+            schema = func._schema
+            args, list_slots = list(tmpl), []
+            for i, items, sub, _ in list_fills:
+                args[i] = list(items)
+                list_slots += [(i, j, s) for j, s in sub]
+            native.add_step(schema.name, schema.overload_name, tuple(args), kwargs, list(fills), list_slots,
+                            list(slots), list(frees.get(k, ())))
+        return native
+    except Exception as e:  # an op the dispatcher does not know by name, an argument it cannot take
+        if not _native_warned:
+            _native_warned = True
+            warnings.warn(f"inception_fast.optimize: recorded forwards replay from Python, slower at small batches "
+                          f"({type(e).__name__}: {e})", stacklevel=4)
+        return None
 
 
 def signature(x: torch.Tensor, extra=None) -> tuple:

@@ -7,7 +7,10 @@ replayed without its module tree.
 - a change of the package's kernel settings records a new program;
 - a forward that reads tensor data, draws random numbers or writes into its own state is not
   replayed (a warning, and the model's own results every call);
-- a program drops each intermediate after its last use; copies and pickles of the model record again.
+- a program drops each intermediate after its last use; copies and pickles of the model record again;
+- the extension's C++ replay (no Python between the ops) gives the Python replay's bits, with
+  Tensor[] arguments, tensor-list results, keyword and default arguments, Python numbers where an op
+  takes a tensor (wrapped numbers: no dtype promotion), in-place ops and constants.
 """
 import copy
 import io
@@ -18,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from _peers import randomise
-from inception_fast import models, ops, optimize
+from inception_fast import _ext, models, ops, optimize
 from inception_fast._replay import Program, Programs
 
 
@@ -186,3 +189,73 @@ def test_threads_share_a_model():
         t.join()
     assert not errors
     assert len(fast._programs.programs) == 2
+
+
+class _Glue(nn.Module):
+    """The ops a recorded forward holds besides convolutions: split (a Tensor[] result), cat (a
+    Tensor[] argument mixing results and a constant), keyword and default arguments, Python numbers
+    for tensor arguments, an in-place op, a reduction, a dtype change."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("const", torch.randn(1, 3, 5, 5))
+
+    def forward(self, x):
+        a, b = x.split([2, 3], dim=1)
+        y = torch.cat([b, self.const.expand(x.shape[0], -1, -1, -1).to(x.dtype), a * 2], 1)
+        y = y.to(memory_format=torch.channels_last).relu_()
+        i = y.to(torch.int32) * 3  # int32, not int64: the 3 is a wrapped number
+        f = i * 0.5  # float32 (the default dtype), not float64
+        return y.sum(dim=(2, 3), keepdim=True) + 1.5, f, i
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="needs the C++ extension (its replay)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_cpp_replay_gives_the_python_replays_bits(dtype):
+    m = _Glue()
+    progs = Programs(m, m)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 5, 5, generator=gen).to(dtype)
+    progs(x), progs(x)
+    (prog,) = progs.programs.values()
+    assert prog.native is not None and len(prog.native) == len(prog)
+    for _ in range(3):
+        x = torch.randn(3, 5, 5, 5, generator=gen).to(dtype)
+        want = m(x)
+        for got in (prog.run(x), prog.run_python(x), progs(x)):
+            assert [t.dtype for t in got] == [t.dtype for t in want] == [dtype, torch.float32, torch.int32]
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="needs the C++ extension (its replay)")
+def test_an_optimized_model_replays_from_cpp():
+    model = _googlenet()
+    fast = optimize(model)
+    x = torch.randn(2, 3, 96, 96)
+    fast(x), fast(x)
+    (prog,) = fast._programs.programs.values()
+    assert prog.native is not None and len(prog.native) == len(prog) > 50
+    xin = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(prog.run(xin), prog.run_python(xin))
+
+
+def test_without_the_cpp_replay_programs_replay_from_python_and_say_so(monkeypatch):
+    from inception_fast import _replay
+
+    class NoReplay:
+        def __init__(self, *args):
+            raise RuntimeError("no Replay here")
+
+    monkeypatch.setattr(_replay, "_native_warned", False)
+    monkeypatch.setattr(_ext, "_C", type("C", (), {"Replay": NoReplay}), raising=False)
+    m = _Glue()
+    progs = Programs(m, m)
+    x = torch.randn(2, 5, 5, 5)
+    progs(x)
+    with pytest.warns(UserWarning, match="replay from Python.*no Replay here"):
+        progs(x)
+    (prog,) = progs.programs.values()
+    assert prog.native is None
+    x = torch.randn(2, 5, 5, 5)
+    assert all(torch.equal(g, w) for g, w in zip(progs(x), m(x)))
