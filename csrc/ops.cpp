@@ -95,6 +95,10 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "branch_conv(Tensor x, Tensor weight, Tensor? bias, int[] split, int[] pool, int[] depth, "
       "Tensor[] conv_weight, Tensor?[] conv_bias, int[] conv_stride, int[] conv_padding) -> Tensor");
+  // An optimize()d model's input in one pass: y = x.to(dtype) in channels_last (or NCHW) layout, a
+  // new tensor, and nan_rows[n] = whether x[n] holds a NaN (bool [N]). x is a 4-D float batch of any
+  // strides; dtype is float32, bfloat16 or float16 (rounded to nearest even, as .to() does).
+  m.def("prepare_input(Tensor x, ScalarType dtype, bool channels_last) -> (Tensor y, Tensor nan_rows)");
   // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
   m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast import layers, memory
+from inception_fast import layers, memory, ops
 from inception_fast._replay import Programs, signature
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 from inception_fast.ops import _backend
@@ -518,14 +518,17 @@ class OptimizedModel(nn.Module):
                                "convolutions): train the original model")
         return super().train(False)
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x in the model's dtype and layout, which images of x hold a NaN)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"the model takes a tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"the model takes a floating-point batch, got {x.dtype}")
+        if x.dim() == 4 and x.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return ops.prepare_input(x, self.dtype, self.channels_last)  # one pass for both
         if x.dim() == 4 and self.channels_last:
-            return x.to(dtype=self.dtype, memory_format=torch.channels_last)
-        return x.to(self.dtype)
+            return x.to(dtype=self.dtype, memory_format=torch.channels_last), self._nan_rows(x)
+        return x.to(self.dtype), self._nan_rows(x)
 
     @staticmethod
     def _output(y, nan_rows: torch.Tensor | None):
@@ -556,7 +559,7 @@ class OptimizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor):
         with self._scope(x):
-            xin = self._input(x)
+            xin, nan_rows = self._input(x)
             # (A graph is captured after two eager warm-up runs, which check the input as forward does;
             # a replay reuses a capture made for the same shape.)
             if self._graphs is not None and xin.is_cuda:
@@ -565,11 +568,12 @@ class OptimizedModel(nn.Module):
                 y = self._programs(xin, (_settings_key(), self._switches()))
             else:
                 y = self.model(xin)
-            return self._output(y, self._nan_rows(x))
+            return self._output(y, nan_rows)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with self._scope(x):
-            return self._output(self.model.forward_features(self._input(x)), self._nan_rows(x))
+            xin, nan_rows = self._input(x)
+            return self._output(self.model.forward_features(xin), nan_rows)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         with self._scope(x):
