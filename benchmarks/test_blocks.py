@@ -13,6 +13,7 @@ Each block is timed on the input it gets inside its model at the model's native 
 channels_last at batch 64 (training under bf16 autocast). These are the places branch_conv and the
 merged 1x1 GEMMs act on, so this is where their gains and losses show first.
 """
+import contextlib
 import copy
 import functools
 
@@ -24,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import QUICK, WITH_COMPILE, compile_wanted, devices, run
 from zoo import contestant_of, pair, rel_err, size_of
 
+from inception_fast import ops
 from inception_fast.layers import apply_layer  # a block as its model runs it (1x1s merged on the fused path)
 
 # (model, module path or "block:<name>" for BN-Inception's flat blocks, what kind of block it is)
@@ -155,29 +157,38 @@ def _optimized(name, path, device, dtype, x):
     return net, x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("contestant", CONTESTANTS + ["optimized", "branch_conv"])
+# On a GPU, also branch_conv's CUDA C++ kernels (the fused reduce + k x k tile), which the op runs
+# under use_backend("cuda") until timed here against the Triton ones (its default).
+BRANCH_CONV = ["branch_conv"] + (["branch_conv_cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("contestant", CONTESTANTS + ["optimized"] + BRANCH_CONV)
 @pytest.mark.parametrize("case", _cases(), ids=_case_id)
 @pytest.mark.parametrize("block", BLOCKS, ids=_ids)
 def test_block_inference(benchmark, block, case, contestant):
     name, path, kind = block
     if contestant == "compile" and not compile_wanted(name):
         pytest.skip("torch.compile is timed for the models INCEPTION_FAST_BENCH_COMPILE names")
-    device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant in ("optimized", "branch_conv")
+    if contestant == "branch_conv_cuda" and case[0] != "cuda":
+        pytest.skip("branch_conv's CUDA C++ kernels run on CUDA tensors")
+    device, dtype_name, x, net, ref, extra = _setup(name, path, case, "eager" if contestant in ["optimized"] + BRANCH_CONV
                                                     else contestant, train=False)
     benchmark.group = f"block infer {_ids(block)} [{kind}] {_case_id(case)} in {tuple(x.shape[1:])}"
     with torch.no_grad():
         expected = ref(x)
         del ref
         xd = x.to(getattr(torch, dtype_name))
-        if contestant in ("optimized", "branch_conv"):
+        if contestant in ["optimized"] + BRANCH_CONV:
             net, xd = _optimized(name, path, device, getattr(torch, dtype_name), x)
-            if contestant == "branch_conv":
+            if contestant in BRANCH_CONV:
                 if getattr(net, "_bc_args", None) is None:
                     pytest.skip("not a block of branch_conv's forms (a grid reduction or a forking block)")
                 net.use_branch_conv = True
-        err = rel_err(apply_layer(net, xd), expected)
-        run(benchmark, lambda: apply_layer(net, xd), device, rounds=1 if QUICK else (20 if device == "cuda" else 10),
-            contestant=contestant, kind="inference", dtype=dtype_name, rel_err=err, **extra)
+        backend = ops.use_backend("cuda") if contestant == "branch_conv_cuda" else contextlib.nullcontext()
+        with backend:
+            err = rel_err(apply_layer(net, xd), expected)
+            run(benchmark, lambda: apply_layer(net, xd), device, rounds=1 if QUICK else (20 if device == "cuda" else 10),
+                contestant=contestant, kind="inference", dtype=dtype_name, rel_err=err, **extra)
 
 
 @pytest.mark.parametrize("contestant", CONTESTANTS)

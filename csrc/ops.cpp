@@ -99,6 +99,12 @@ TORCH_LIBRARY(inception_fast, m) {
   // new tensor, and nan_rows[n] = whether x[n] holds a NaN (bool [N]). x is a 4-D float batch of any
   // strides; dtype is float32, bfloat16 or float16 (rounded to nearest even, as .to() does).
   m.def("prepare_input(Tensor x, ScalarType dtype, bool channels_last) -> (Tensor y, Tensor nan_rows)");
+  // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
+  // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
+  // `smem_bytes` of shared memory per block. For tests: CI has no GPU.
+  m.def(
+      "_branch_conv_emulated(Tensor x, Tensor weight, Tensor? bias, int[] split, int[] pool, int[] depth, "
+      "Tensor[] conv_weight, Tensor?[] conv_bias, int[] conv_stride, int[] conv_padding, int smem_bytes) -> Tensor");
   // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
   m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

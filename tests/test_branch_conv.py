@@ -5,14 +5,16 @@ reduction, v3 A/C and the D reduction, v4 A/B, Inception-ResNet 35/17/8 and Mixe
 pool variants), on every backend this machine runs (C++ on the CPU; Triton, through the interpreter
 on the CPU), fp32/bf16/fp16, NCHW and channels_last inputs, odd batch and map sizes, stride-2
 reductions; the description of a real block (spec_of) against the block's eval forward; opcheck;
-bad input; NaN."""
+bad input; NaN. The CUDA backend's plan and kernels (the fused reduce + k x k tile) through their CPU
+emulation, with an H100's shared memory and with budgets that force small tiles and no tile."""
 import pytest
 import torch
 
 from _helpers import LAYOUTS, assert_close, rel_err
 from conftest import DEVICE_BACKEND_IDS, DEVICE_BACKENDS
 from inception_fast import _ext, ops
-from inception_fast.ops.branch_conv import POOL_AVG, POOL_AVG_EXCLUDE_PAD, POOL_MAX, branch_conv_reference
+from inception_fast.ops.branch_conv import (POOL_AVG, POOL_AVG_EXCLUDE_PAD, POOL_MAX, branch_conv_emulated,
+                                            branch_conv_reference)
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason=f"inception_fast._C not built: {_ext.LOAD_ERROR}")
 
@@ -176,3 +178,53 @@ def test_bad_input():
         torch.ops.inception_fast.branch_conv(x[:, :-1].contiguous(), spec["weight"], spec["bias"], spec["split"],
                                              spec["pool"], spec["depth"], spec["conv_weight"], spec["conv_bias"],
                                              spec["conv_stride"], spec["conv_padding"])
+
+
+# Shared memory per block for the emulated CUDA kernels: an H100's (8 x 8 tiles throughout), a budget
+# that leaves 2 x 2 to 1 x 1 tiles for the small test blocks, and none (every reduce branch through
+# device memory).
+SMEM = {"h100": 227 * 1024, "small": 160, "none": 0}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("smem", sorted(SMEM))
+def test_cuda_kernels_emulated_match_composition(name, dtype, smem):
+    layout = "nchw" if dtype == torch.float16 else "cl"
+    n, h, w = (3, 9, 11) if not name.endswith(("3c", "_D")) else (3, 11, 9)
+    x = _x(name, n, h, w, dtype, layout, seed=5)
+    ref = _call(branch_conv_reference, x.double(), _spec(name))
+    with torch.no_grad():
+        spec = _spec(name, dtype=dtype)
+        y = branch_conv_emulated(x, spec["weight"], spec["bias"], spec["split"], spec["pool"], spec["depth"],
+                                 spec["conv_weight"], spec["conv_bias"], spec["conv_stride"], spec["conv_padding"],
+                                 smem_bytes=SMEM[smem])
+    assert y.shape == ref.shape and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert not y.isnan().any(), "an output element was not written, or shared memory was read before it was"
+    if dtype == torch.float32:
+        assert_close(y, ref, dtype, f"{name}, emulated CUDA kernels")
+    else:
+        # Each convolution's output is rounded to 16 bits, as the composition in that dtype rounds
+        # it: within 1e-2, or (bf16, long chains) within 2x the composition's own error.
+        bound = 1e-2
+        if dtype == torch.bfloat16:  # ATen's CPU convolutions have bf16 kernels, not float16 ones
+            bound = max(bound, 2 * rel_err(_call(branch_conv_reference, x, spec), ref))
+        assert rel_err(y, ref) < bound, f"{name}: {rel_err(y, ref):.2e} (bound {bound:.2e})"
+
+
+def test_cuda_kernels_emulated_keep_nan_and_check_input():
+    spec = _spec("v3_A", dtype=torch.float32)
+    x = _x("v3_A", 2, 6, 6, torch.float32, "cl").clone()
+    x[1, 3, 2, 2] = float("nan")
+    args = [spec[k] for k in ("weight", "bias", "split", "pool", "depth", "conv_weight", "conv_bias", "conv_stride",
+                              "conv_padding")]
+    y = branch_conv_emulated(x, *args)
+    ref = _call(branch_conv_reference, x, spec)
+    assert torch.equal(y.isnan(), ref.isnan()) and y[1].isnan().any() and not y[0].isnan().any()
+    with pytest.raises(RuntimeError, match="weight must be"):
+        torch.ops.inception_fast._branch_conv_emulated(x[:, :-1].contiguous(), *args, 1024)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.inception_fast._branch_conv_emulated(x.double(), *[a.double() if isinstance(a, torch.Tensor) else
+                                                                     [t.double() if t is not None else None for t in a]
+                                                                     if k in (5, 6) else a for k, a in enumerate(args)],
+                                                       1024)
