@@ -50,6 +50,21 @@ struct View {
   }
 };
 
+// (n, h, w, c) of element `index` of v in NHWC order (channels fastest: the order the grid-stride
+// kernels walk, so a warp's stores and weight reads are consecutive channels).
+struct Nhwc {
+  int n, h, w, c;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline Nhwc nhwc_of(int64_t index, const View<T>& v) {
+  const int c = static_cast<int>(index % v.c);
+  int64_t m = index / v.c;
+  const int w = static_cast<int>(m % v.w);
+  m /= v.w;
+  return {static_cast<int>(m / v.h), static_cast<int>(m % v.h), w, c};
+}
+
 // y = act(conv2d(x, w, b, stride, padding)); w as [KH][KW][C][O] (O contiguous).
 template <typename T>
 struct ConvArgs {
@@ -64,12 +79,7 @@ struct ConvArgs {
 template <typename T>
 C10_HOST_DEVICE inline void conv_point(const ConvArgs<T>& a, int64_t index) {
   const int O = a.y.c;
-  const int o = static_cast<int>(index % O);
-  int64_t m = index / O;
-  const int ow = static_cast<int>(m % a.y.w);
-  m /= a.y.w;
-  const int oh = static_cast<int>(m % a.y.h);
-  const int n = static_cast<int>(m / a.y.h);
+  const auto [n, oh, ow, o] = nhwc_of(index, a.y);
   const int C = a.x.c;
   float acc = 0.f;
   for (int i = 0; i < a.kh; ++i) {
@@ -99,13 +109,7 @@ struct PoolArgs {
 
 template <typename T>
 C10_HOST_DEVICE inline void pool_point(const PoolArgs<T>& a, int64_t index) {
-  const int C = a.y.c;
-  const int c = static_cast<int>(index % C);
-  int64_t m = index / C;
-  const int w = static_cast<int>(m % a.y.w);
-  m /= a.y.w;
-  const int h = static_cast<int>(m % a.y.h);
-  const int n = static_cast<int>(m / a.y.h);
+  const auto [n, h, w, c] = nhwc_of(index, a.y);
   float acc = 0.f;
   int count = 0;
   for (int i = -1; i <= 1; ++i) {
