@@ -10,7 +10,10 @@ channel slice of the block output (no separate torch.cat). Semantics in csrc/ops
 Kernels: C++ on the CPU (csrc/cpu/branch_conv.cpp: ATen's oneDNN convolutions over channels_last
 tensors); Triton (inception_fast/triton/branch_conv.py: an implicit-GEMM convolution over NHWC with
 the bias + ReLU epilogue storing into the output's channel slice, for CUDA and, under
-TRITON_INTERPRET=1, CPU tensors). Inference only: there is no gradient (train the model's fused path,
+TRITON_INTERPRET=1, CPU tensors); CUDA C++ (csrc/cuda/branch_conv.cu: each reduce branch's 1x1 and its
+first k x k convolution fused in one kernel, the reduced tile and its halo in shared memory; run under
+use_backend("cuda") until timed on a GPU, and tested on the CPU through `branch_conv_emulated`, the
+same kernel bodies run block by block). Inference only: there is no gradient (train the model's fused path,
 whose blocks merge their 1x1 convolutions the same way, with BatchNorm between the convolutions).
 
 `spec_of(branches)` turns a block description (`BranchBlock.branches()`, eval mode) into the op's
@@ -138,7 +141,8 @@ def _check_inputs(x, weight, bias, split, pool, depth, conv_weight, conv_bias, c
 def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, conv_stride, conv_padding):
     """The branches of an Inception block that start at x, BatchNorm folded (see the module doc and
     csrc/ops.cpp); channels_last output in x's dtype. On the backend `use_backend` selects: C++ for
-    CPU tensors, Triton for CUDA tensors (and CPU ones under TRITON_INTERPRET=1), else the reference."""
+    CPU tensors, Triton for CUDA tensors (and CPU ones under TRITON_INTERPRET=1; the CUDA C++ kernels
+    under use_backend("cuda"), or where Triton is missing), else the reference."""
     split, pool, depth = [int(v) for v in split], [int(v) for v in pool], [int(v) for v in depth]
     conv_stride, conv_padding = [int(v) for v in conv_stride], [int(v) for v in conv_padding]
     conv_weight, conv_bias = list(conv_weight), list(conv_bias)
