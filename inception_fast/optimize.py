@@ -524,7 +524,7 @@ class OptimizedModel(nn.Module):
             raise TypeError(f"the model takes a tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"the model takes a floating-point batch, got {x.dtype}")
-        if x.dim() == 4 and x.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if x.dim() == 4 and x.device.type == "cpu":  # (optimize() admits only the op's dtypes)
             return ops.prepare_input(x, self.dtype, self.channels_last)  # one pass for both
         if x.dim() == 4 and self.channels_last:
             return x.to(dtype=self.dtype, memory_format=torch.channels_last), self._nan_rows(x)

@@ -46,10 +46,10 @@ struct EmulatedExec {
   template <typename T>
   void tile(const bk::TileArgs<T>& a, int64_t blocks) {
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      // shared memory as the device leaves it: garbage, here a NaN pattern, so a read of an
-      // element phase 1 did not write shows
-      std::vector<T> smem(static_cast<size_t>(a.smem_elems()), static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
+      std::vector<T> smem(static_cast<size_t>(a.smem_elems()));
       for (int64_t b = begin; b < end; ++b) {
+        // shared memory as the device leaves it: garbage, here NaN, so a read of an element phase
+        // 1 did not write shows
         std::fill(smem.begin(), smem.end(), static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
         for (int t = 0; t < kThreads; ++t) bk::tile_reduce(a, static_cast<int>(b), t, kThreads, smem.data());
         for (int t = 0; t < kThreads; ++t) bk::tile_conv(a, static_cast<int>(b), t, kThreads, smem.data());

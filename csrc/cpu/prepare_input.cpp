@@ -58,18 +58,10 @@ IF_CPU_CLONES bool convert_row(const Ti* src, int64_t sc, int64_t sw, int64_t C,
     const Ti* s = src + c * sc;
     To* d = channels_last ? dst + c : dst + c * hw;
     const int64_t ds = channels_last ? C : 1;
-    if (sw == 1) {
-      for (int64_t w = w0; w < W; ++w) {
-        const A v = to_acc(s[w]);
-        nan |= v != v;
-        d[w * ds] = from_acc<To>(static_cast<acc_t<To>>(v));
-      }
-    } else {
-      for (int64_t w = w0; w < W; ++w) {
-        const A v = to_acc(s[w * sw]);
-        nan |= v != v;
-        d[w * ds] = from_acc<To>(static_cast<acc_t<To>>(v));
-      }
+    for (int64_t w = w0; w < W; ++w) {  // the vector path's tail, or all of a row it does not take
+      const A v = to_acc(s[w * sw]);
+      nan |= v != v;
+      d[w * ds] = from_acc<To>(static_cast<acc_t<To>>(v));
     }
   }
   return nan;

@@ -82,6 +82,16 @@ at::Tensor branch_conv_plan(Exec& ex, const char* op, const at::Tensor& x_in, co
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t S = static_cast<int64_t>(split.size());
+  struct Geom {
+    int sh, sw, ph, pw;
+  };
+  auto geom = [&](int64_t k) {  // convolution k's stride and padding
+    for (const int64_t v : {conv_stride[2 * k], conv_stride[2 * k + 1], conv_padding[2 * k], conv_padding[2 * k + 1]}) {
+      TORCH_CHECK(v >= 0 && v < (int64_t{1} << 30), op, ": conv ", k, " has a stride or padding out of range: ", v);
+    }
+    return Geom{static_cast<int>(conv_stride[2 * k]), static_cast<int>(conv_stride[2 * k + 1]),
+                static_cast<int>(conv_padding[2 * k]), static_cast<int>(conv_padding[2 * k + 1])};
+  };
   auto contiguous = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
     if (!t.has_value() || !t->defined()) return std::nullopt;
     return t->contiguous();
@@ -104,8 +114,7 @@ at::Tensor branch_conv_plan(Exec& ex, const char* op, const at::Tensor& x_in, co
                         cb->device() == x.device(),
                     op, ": conv_bias[", j, "] must be [", cw.size(0), "] of x's dtype and device, got ", cb->sizes());
       }
-      const int64_t sh = conv_stride[2 * j], sw = conv_stride[2 * j + 1];
-      const int64_t ph = conv_padding[2 * j], pw = conv_padding[2 * j + 1];
+      const auto [sh, sw, ph, pw] = geom(j);
       TORCH_CHECK(sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0, op, ": conv ", j,
                   " needs strides >= 1 and paddings >= 0");
       TORCH_CHECK(h + 2 * ph >= cw.size(2) && w + 2 * pw >= cw.size(3), op, ": conv ", j, "'s ", cw.size(2), "x",
@@ -146,8 +155,7 @@ at::Tensor branch_conv_plan(Exec& ex, const char* op, const at::Tensor& x_in, co
       run_conv<T>(ex, x, rows, b_i, 1, 1, 0, 0, true, out, c_out);
     } else if (pool[i] == 0) {
       const at::Tensor& cw = conv_weight[first];
-      const int sh = static_cast<int>(conv_stride[2 * first]), sw = static_cast<int>(conv_stride[2 * first + 1]);
-      const int ph = static_cast<int>(conv_padding[2 * first]), pw = static_cast<int>(conv_padding[2 * first + 1]);
+      const auto [sh, sw, ph, pw] = geom(first);
       const int kh = static_cast<int>(cw.size(2)), kw = static_cast<int>(cw.size(3));
       const int64_t h1 = out_size(H, kh, sh, ph), w1 = out_size(W, kw, sw, pw);
       const auto [dst, dst_c0] = target(cw.size(0), h1, w1, depth[i] == 1);
@@ -191,8 +199,7 @@ at::Tensor branch_conv_plan(Exec& ex, const char* op, const at::Tensor& x_in, co
     }
     for (int64_t k = next; k < last; ++k) {
       const at::Tensor& cw = conv_weight[k];
-      const int sh = static_cast<int>(conv_stride[2 * k]), sw = static_cast<int>(conv_stride[2 * k + 1]);
-      const int ph = static_cast<int>(conv_padding[2 * k]), pw = static_cast<int>(conv_padding[2 * k + 1]);
+      const auto [sh, sw, ph, pw] = geom(k);
       const auto [dst, dst_c0] = target(cw.size(0), out_size(a.size(2), cw.size(2), sh, ph),
                                         out_size(a.size(3), cw.size(3), sw, pw), k == last - 1);
       run_conv<T>(ex, a, cw, contiguous(conv_bias.get(k)), sh, sw, ph, pw, true, dst, dst_c0);
