@@ -166,3 +166,86 @@ def test_a_forked_child_uses_the_pool():
     p.join(timeout=60)
     assert p.exitcode == 0
     del keep
+
+
+def _googlenet_fused(aux: bool):
+    torch.manual_seed(0)
+    return randomise(models.googlenet(num_classes=10, aux_logits=aux, init_weights=True)).set_fused(True)
+
+
+def _counted() -> int:
+    s = memory.stats()
+    return s["hits"] + s["misses"]
+
+
+def test_a_fused_training_step_runs_in_the_pool_with_the_same_bits():
+    """Forward and backward of a model on the fused path allocate from the pool (its output, a
+    namedtuple with the auxiliary logits, comes back whole), the scope ends with the backward, and the
+    gradients are the bits of the same step with the pool bypassed (nn.Module.__call__)."""
+    model = _googlenet_fused(aux=True).train()
+    x = torch.randn(2, 3, 96, 96)
+
+    def step(call):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks
+        out = call(x)
+        assert type(out).__name__ == "GoogLeNetOutputs"
+        loss = out.logits.square().mean() + out.aux_logits2.mean() + out.aux_logits1.abs().mean()
+        before = _counted()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()], out.logits.detach(), _counted() - before
+
+    plain, plain_out, plain_allocs = step(lambda x: torch.nn.Module.__call__(model, x))
+    assert plain_allocs == 0  # no pool: none of the backward's allocations came from it
+    for _ in range(2):  # the second step reuses the first one's blocks
+        hits = memory.stats()["hits"]
+        grads, out, pooled_allocs = step(model)
+        assert pooled_allocs > 0, "the backward did not allocate from the pool"
+        assert torch.equal(out, plain_out)
+        assert all(torch.equal(g, p) for g, p in zip(grads, plain))
+    assert memory.stats()["hits"] > hits
+    assert not getattr(memory._backward, "entered", False)
+    live = memory.stats()["live_bytes"]
+    keep = torch.randn(BIG)  # after the backward: outside any scope
+    assert memory.stats()["live_bytes"] == live
+    del keep
+
+
+def test_the_pool_stays_out_of_the_reference_path_and_of_outputs_without_gradient():
+    model = _googlenet_fused(aux=False).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = _counted()
+        y = model(x)
+        assert _counted() > before  # the fused forward is pooled
+        assert y.grad_fn is None
+        model.set_fused(False)
+        before = _counted()
+        model(x)
+        assert _counted() == before  # the reference path, what eager users had, is not
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("boom in backward")
+
+
+def test_a_backward_that_raises_leaves_the_pool_at_the_next_forward():
+    model = _googlenet_fused(aux=False).train()
+    x = torch.randn(2, 3, 96, 96, requires_grad=True)
+    out = model(_FailingBackward.apply(x))  # its backward runs last, after the pool was entered
+    with pytest.raises(RuntimeError, match="boom in backward"):
+        out.sum().backward()
+    assert memory._backward.entered  # the engine never reached the end of the graph
+    with torch.no_grad():
+        model(x.detach())
+    assert not memory._backward.entered
+    live = memory.stats()["live_bytes"]
+    keep = torch.randn(BIG)
+    assert memory.stats()["live_bytes"] == live
+    del keep

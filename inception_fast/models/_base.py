@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from inception_fast import memory
 from inception_fast.layers import _PathMixin, apply_layer, set_conv_weight_layout
 
 # timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
@@ -174,6 +175,26 @@ class InceptionModel(nn.Module):
     num_features: int
     in_chans: int
     pretrained_cfg: dict[str, Any]
+
+    def __call__(self, *args, **kwargs):
+        """nn.Module's call. On the fused path with a CPU input, the forward allocates from the CPU
+        memory pool, and so does the backward of the graph it records (inception_fast.memory): no
+        page faults for the activations and their gradients, step after step. Same numbers."""
+        x = args[0] if args else None
+        if (not isinstance(x, torch.Tensor) or x.device.type != "cpu" or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or torch.jit.is_scripting() or not self._runs_fused()):
+            return super().__call__(*args, **kwargs)
+        memory.leave_stale_backward_scope()
+        with memory.pooled():
+            out = super().__call__(*args, **kwargs)
+        return memory.backward_scope(out) if torch.is_grad_enabled() else out
+
+    def _runs_fused(self) -> bool:
+        """Whether the model's first layer is on the fused path (set_fused sets them all)."""
+        for m in self.modules():
+            if isinstance(m, _PathMixin):
+                return m._use_fused()
+        return False
 
     # -- construction -------------------------------------------------------------------------
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float, global_pool: str = "avg",
