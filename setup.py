@@ -1,4 +1,7 @@
-"""Builds inception_fast._C: the CPU kernels always, the CUDA kernels when they can be built.
+"""Builds inception_fast._C: the CPU kernels always, the CUDA kernels when they can be built; and
+inception_fast._onednn (optimize()'s CPU convolutions on kept oneDNN primitives) when oneDNN's headers
+and library are installed (the onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, which put them in
+<prefix>/include and <prefix>/lib; or DNNL_ROOT).
 
 CUDA is built when torch has CUDA and a toolkit is found (CUDA_HOME / nvcc), or when
 FORCE_CUDA=1 (then TORCH_CUDA_ARCH_LIST picks the targets; default "8.0;8.6;8.9;9.0").
@@ -52,6 +55,30 @@ def _cuda_include_dirs():
     return dirs
 
 
+def _onednn_root():
+    """The prefix that holds include/dnnl.hpp and lib/libdnnl.so.3, or None."""
+    for root in (os.environ.get("DNNL_ROOT"), sys.prefix):
+        if root and os.path.exists(os.path.join(root, "include", "dnnl.hpp")) \
+                and os.path.exists(os.path.join(root, "lib", "libdnnl.so.3")):
+            return root
+    return None
+
+
+def _onednn_extension():
+    root = _onednn_root()
+    if root is None:
+        print("inception_fast: oneDNN (onednn-cpu-gomp + onednn-devel-cpu-gomp) not found: optimize() will run its "
+              "CPU convolutions through ATen", file=sys.stderr)
+        return []
+    lib = os.path.join(root, "lib")
+    return [cpp_extension.CppExtension(
+        "inception_fast._onednn", _rel([os.path.join(ROOT, "csrc", "onednn", "conv.cpp")]),
+        include_dirs=[os.path.join(root, "include")],
+        extra_compile_args={"cxx": ["-O3", "-DTORCH_EXTENSION_NAME=_onednn"]},
+        # by soname; the rpath finds it in the environment it was built in (Python also preloads it)
+        extra_link_args=[f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"])]
+
+
 def extensions():
     cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp"),
                         os.path.join(ROOT, "csrc", "python_replay.cpp")]
@@ -67,12 +94,12 @@ def extensions():
                      "set CUDA_HOME, e.g. /usr/local/cuda")
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DTORCH_EXTENSION_NAME=_C"]
-        return [cpp_extension.CUDAExtension(
+        return _onednn_extension() + [cpp_extension.CUDAExtension(
             "inception_fast._C", cpu_sources + cuda_sources,
             include_dirs=[os.path.join(ROOT, "csrc")] + _cuda_include_dirs(),
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
-    return [cpp_extension.CppExtension(
+    return _onednn_extension() + [cpp_extension.CppExtension(
         "inception_fast._C", cpu_sources, include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 

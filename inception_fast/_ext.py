@@ -26,3 +26,29 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     if not loaded():
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{OPS_NAMESPACE}::{op}", dispatch_key)
+
+
+# -- inception_fast._onednn: optimize()'s CPU convolutions on kept oneDNN primitives -------------
+# Built when oneDNN's wheels (onednn-cpu-gomp, onednn-devel-cpu-gomp) were installed at build time;
+# its library, libdnnl.so.3, lives in <prefix>/lib, which the module's rpath names. Where that path
+# no longer holds (the environment moved), it is loaded from sys.prefix by hand first.
+ONEDNN_ERROR: str | None = None
+try:
+    try:
+        from inception_fast import _onednn
+    except ImportError as e:
+        if "libdnnl" not in str(e):
+            raise
+        import ctypes
+        import os
+        import sys
+
+        ctypes.CDLL(os.path.join(sys.prefix, "lib", "libdnnl.so.3"), mode=ctypes.RTLD_GLOBAL)
+        from inception_fast import _onednn
+except (ImportError, OSError) as e:
+    _onednn = None
+    ONEDNN_ERROR = f"{type(e).__name__}: {e}"
+
+
+def onednn_loaded() -> bool:
+    return _onednn is not None

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast import layers, memory, ops
+from inception_fast import _ext, layers, memory, ops
 from inception_fast._replay import Programs, signature
 from inception_fast.layers import BranchBlock, ConvBNReLU, Fork, MaxPool2d, ResidualBlock
 from inception_fast.ops import _backend
@@ -56,6 +56,18 @@ def _onednn_pointwise() -> bool:
                       "(torch.ops.mkldnn._convolution_pointwise); CPU convolutions run as conv2d + separate "
                       "bias/ReLU passes", stacklevel=3)
     return ok
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_kept() -> bool:
+    """Whether inception_fast._onednn (convolutions on oneDNN primitives created once and kept) is
+    here; without it, ATen's oneDNN convolution runs, which makes the primitive's descriptor again
+    on every call (15-50 us a convolution)."""
+    if not _ext.onednn_loaded():
+        warnings.warn("inception_fast.optimize: inception_fast._onednn is not available "
+                      f"({_ext.ONEDNN_ERROR or 'not built'}; install onednn-cpu-gomp and onednn-devel-cpu-gomp, then "
+                      "rebuild); CPU convolutions run through ATen's oneDNN convolution", stacklevel=3)
+    return _ext.onednn_loaded()
 
 
 def _is_conv_bn_relu(step) -> bool:
@@ -83,6 +95,10 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, scale: float = 1.0)
 class FoldedConv(nn.Module):
     """act(conv(x, weight, bias) [+ other]): a convolution with BatchNorm folded in, the ReLU (and a
     residual add) as post-ops of oneDNN's convolution on the CPU."""
+
+    # On the CPU, run on inception_fast._onednn's kept primitives where it is built (True), or on
+    # ATen's oneDNN convolution (False; for A/B checks). Read when a forward is recorded.
+    use_kept_primitives: bool = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d, relu: bool = True):
         super().__init__()
@@ -121,8 +137,26 @@ class FoldedConv(nn.Module):
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
+    def _onednn_packed(self, x: torch.Tensor, post_op: int) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        key = ("onednn", tuple(x.shape), w.dtype, b.dtype, post_op, w.data_ptr(), w._version)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 8:
+                self._packed.clear()
+            packed = self._packed[key] = torch.ops.inception_fast.onednn_conv_pack(
+                w, list(x.shape), self.stride, self.padding, True, post_op)
+        return packed
+
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         w, b = self.weight, self.bias
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype \
+                and not torch.is_grad_enabled() and self.dilation == [1, 1] and self.use_kept_primitives \
+                and _onednn_kept() \
+                and (other is None or other.dtype == x.dtype):
+            post_op = (1 if self.relu else 0) | (0 if other is None else 2)
+            return torch.ops.inception_fast.onednn_conv(x, self._onednn_packed(x, post_op), list(w.shape), b,
+                                                        self.stride, self.padding, post_op, other)
         if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _onednn_pointwise():
             w = self._packed_weight(x) if w.dtype == x.dtype and not torch.is_grad_enabled() else w
             act = "relu" if self.relu else "none"

@@ -14,6 +14,13 @@ python -m pip install -q --upgrade pip setuptools wheel
 # torchvision 0.29 is built for torch 2.14: install the pair first, then build against that torch.
 python -c "import torch, torchvision" 2>/dev/null || python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q numpy pybind11 ninja
+# oneDNN (GNU OpenMP build, the runtime torch uses) and its headers, for inception_fast._onednn:
+# optimize()'s CPU convolutions on primitives kept between calls. Without them the package builds
+# and runs, and optimize() says it uses ATen's oneDNN convolution instead.
+if [ "$(uname -m)" = x86_64 ]; then
+  python -m pip install -q onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 \
+    || echo "warning: oneDNN wheels not installed: optimize() will run its CPU convolutions through ATen"
+fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 python -m pip install -q --no-build-isolation -e ".[test]"
 # The peers of inception_resnet_v1 and bn_inception (test dependencies) pin ancient torch versions:
@@ -28,5 +35,6 @@ from inception_fast import _ext, ops
 print(f"inception_fast {inception_fast.__version__} on torch {torch.__version__}: "
       f"_C {'loaded' if _ext.loaded() else 'NOT loaded: ' + str(_ext.LOAD_ERROR)}, "
       f"CUDA kernels {'built' if _ext.has_kernel('bn_stats', 'CUDA') else 'not built'}, "
+      f"_onednn {'loaded' if _ext.onednn_loaded() else 'NOT loaded: ' + str(_ext.ONEDNN_ERROR)}, "
       f"backends for CPU tensors: {ops.available_backends('cpu')}")
 PY

@@ -234,3 +234,17 @@ def test_cuda_graph_replays_the_model(name):
     x[1, 0, 5, 5] = float("nan")
     assert graphed(x)[1].isnan().all() and not graphed(x)[0].isnan().any()
     assert copy.deepcopy(graphed)(x).shape == first.shape  # a copy captures its own graphs
+
+
+def test_the_onednn_extension_is_built_where_onednn_is_installed():
+    """optimize()'s kept oneDNN primitives (inception_fast._onednn) load wherever oneDNN's wheels are
+    installed: a missing build step fails here instead of falling back to ATen's path."""
+    import os
+    import sys
+
+    from inception_fast import _ext
+
+    if not (os.path.exists(os.path.join(sys.prefix, "include", "dnnl.hpp"))
+            and os.path.exists(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))):
+        pytest.skip("oneDNN's wheels (onednn-cpu-gomp, onednn-devel-cpu-gomp) are not installed here")
+    assert _ext.onednn_loaded(), _ext.ONEDNN_ERROR

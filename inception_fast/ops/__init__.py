@@ -8,6 +8,7 @@ from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with
 from inception_fast.ops.conv1x1 import conv1x1, conv1x1_reference
 from inception_fast.ops.conv_im2col import conv_im2col, conv_im2col_reference
 from inception_fast.ops.max_pool import max_pool, max_pool_reference
+from inception_fast.ops.onednn_conv import onednn_conv, onednn_conv_pack, onednn_conv_reference
 from inception_fast.ops.prepare_input import prepare_input, prepare_input_reference
 from inception_fast.ops.scaled_residual_add import scaled_residual_add, scaled_residual_add_reference
 
@@ -16,5 +17,6 @@ __all__ = [
     "bn_relu", "bn_relu_reference", "bn_relu_with_stats", "bn_stats", "combine_stats",
     "scaled_residual_add", "scaled_residual_add_reference", "conv1x1", "conv1x1_reference",
     "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference", "branch_conv",
-    "branch_conv_reference", "prepare_input", "prepare_input_reference",
+    "branch_conv_reference", "prepare_input", "prepare_input_reference", "onednn_conv", "onednn_conv_pack",
+    "onednn_conv_reference",
 ]
