@@ -143,3 +143,27 @@ def test_optimize_runs_its_convolutions_on_it():
         m(x)
     names = {e.key for e in prof.key_averages()}
     assert "inception_fast::onednn_conv" in names and "mkldnn::_convolution_pointwise" not in names
+
+
+def test_threads_share_the_primitives():
+    import threading
+
+    cases = [_case(g, torch.float32, 2, True, 1, seed=i) for i, g in enumerate(GEOMETRIES[1:6])]
+    packs = [onednn_conv_pack(w, x.shape, g[3], g[4], 1) for (x, w, b, _), g in zip(cases, GEOMETRIES[1:6])]
+    want = [onednn_conv(x, p, w.shape, b, g[3], g[4], 1) for (x, w, b, _), p, g in zip(cases, packs, GEOMETRIES[1:6])]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                for (x, w, b, _), p, g, y in zip(cases, packs, GEOMETRIES[1:6], want):
+                    assert torch.equal(onednn_conv(x, p, w.shape, b, g[3], g[4], 1), y)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -111,15 +112,17 @@ struct KeyHash {
 };
 
 std::mutex g_mutex;
-std::unordered_map<std::vector<int64_t>, Entry, KeyHash> g_cache;
+// shared: a caller keeps its entry while another thread may start the cache over
+std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Entry>, KeyHash> g_cache;
 
-const Entry& entry_for(const Geometry& g) {
+std::shared_ptr<const Entry> entry_for(const Geometry& g) {
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_cache.find(g.key);
   if (it != g_cache.end()) return it->second;
   if (g_cache.size() >= kMaxEntries) g_cache.clear();
   const auto t = dnnl_type(g.dtype);
-  Entry e;
+  auto made = std::make_shared<Entry>();
+  Entry& e = *made;
   e.src = memory::desc(g.src, t, memory::format_tag::nhwc);
   e.dst = memory::desc(g.dst, t, memory::format_tag::nhwc);
   e.other = e.dst;
@@ -146,7 +149,12 @@ const Entry& entry_for(const Geometry& g) {
     TORCH_CHECK(false, "inception_fast::onednn_conv: oneDNN has no convolution for input ", g.src, ", weight ", g.wei,
                 ": ", err.what());
   }
-  return g_cache.emplace(g.key, std::move(e)).first->second;
+  return g_cache.emplace(g.key, std::move(made)).first->second;
+}
+
+dnnl::stream& cpu_stream() {  // one per thread: a stream is not meant to be shared between threads
+  thread_local dnnl::stream s(cpu_engine());
+  return s;
 }
 
 void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
@@ -172,15 +180,15 @@ at::Tensor conv_pack(const at::Tensor& weight, at::IntArrayRef input_size, at::I
   TORCH_CHECK(weight.device().is_cpu(), "inception_fast::onednn_conv_pack: the weight must be on the CPU");
   const Geometry g = geometry(input_size, weight.sizes(), stride, padding, weight.scalar_type(), has_bias,
                               weight.scalar_type(), post_op);
-  const Entry& e = entry_for(g);
+  const auto entry = entry_for(g);
+  const Entry& e = *entry;
   at::Tensor w = weight.contiguous();
   const int64_t bytes = static_cast<int64_t>(e.wei.get_size());
   at::Tensor packed = at::empty({bytes + kTagBytes}, weight.options().dtype(at::kByte));
   memory src(memory::desc(g.wei, dnnl_type(g.dtype), memory::format_tag::oihw), cpu_engine(), ptr(w));
   memory dst(e.wei, cpu_engine(), packed.data_ptr());
-  dnnl::stream s(cpu_engine());
-  dnnl::reorder(src, dst).execute(s, src, dst);
-  s.wait();
+  dnnl::reorder(src, dst).execute(cpu_stream(), src, dst);
+  cpu_stream().wait();
   const uint64_t tag = layout_tag(e.wei);
   std::memcpy(packed.data_ptr<uint8_t>() + bytes, &tag, sizeof(tag));
   return packed;
@@ -200,7 +208,8 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
   const Geometry g = geometry(x.sizes(), weight_size, stride, padding, x.scalar_type(), has_bias,
                               has_bias ? bias->scalar_type() : x.scalar_type(), post_op);
   if (g.src[0] == 0) return at::empty({g.dst[0], g.dst[1], g.dst[2], g.dst[3]}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const Entry& e = entry_for(g);
+  const auto entry = entry_for(g);
+  const Entry& e = *entry;
   const int64_t bytes = static_cast<int64_t>(e.wei.get_size());
   uint64_t tag = 0;
   if (packed.numel() == bytes + kTagBytes && packed.is_contiguous()) {
@@ -232,9 +241,8 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
       {DNNL_ARG_SCRATCHPAD, memory(e.scratch, eng, scratch.data_ptr())}};
   if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(e.bias, eng, ptr(bc)));
   if (add) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(e.other, eng, ptr(oc)));
-  dnnl::stream s(eng);
-  e.prim.execute(s, args);
-  s.wait();
+  e.prim.execute(cpu_stream(), args);
+  cpu_stream().wait();
   return y;
 }
 
