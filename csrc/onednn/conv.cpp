@@ -101,15 +101,37 @@ Geometry geometry(at::IntArrayRef input_size, at::IntArrayRef weight_size, at::I
 struct Entry {
   dnnl::convolution_forward prim;
   memory::desc src, wei, dst, bias, other, scratch;
+  uint64_t wei_tag;  // layout_tag(wei)
+};
+
+// FNV-1a over 64-bit values: the cache's key hash and the packed weights' layout tag.
+struct Fnv {
+  uint64_t h = 1469598103934665603ull;
+  void mix(int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; }
 };
 
 struct KeyHash {
   size_t operator()(const std::vector<int64_t>& k) const {
-    size_t h = 1469598103934665603ull;
-    for (int64_t v : k) h = (h ^ static_cast<size_t>(v)) * 1099511628211ull;
-    return h;
+    Fnv f;
+    for (int64_t v : k) f.mix(v);
+    return static_cast<size_t>(f.h);
   }
 };
+
+// The packed bytes end with this tag of the layout they are in, so a weight packed for a primitive
+// with another layout is refused instead of read wrongly.
+constexpr int64_t kTagBytes = sizeof(uint64_t);
+
+uint64_t layout_tag(const memory::desc& d) {
+  Fnv f;
+  f.mix(static_cast<int64_t>(d.get_data_type()));
+  f.mix(static_cast<int64_t>(d.get_format_kind()));
+  for (const auto& dims : {d.get_dims(), d.get_strides(), d.get_inner_blks(), d.get_inner_idxs()}) {
+    f.mix(static_cast<int64_t>(dims.size()));
+    for (auto v : dims) f.mix(v);
+  }
+  return f.h;
+}
 
 std::mutex g_mutex;
 // shared: a caller keeps its entry while another thread may start the cache over
@@ -143,6 +165,7 @@ std::shared_ptr<const Entry> entry_for(const Geometry& g) {
                                                     dnnl::algorithm::convolution_direct, e.src, wei_any, e.dst,
                                                     g.strides, g.pads_l, g.pads_r, attr);
     e.wei = pd.weights_desc();
+    e.wei_tag = layout_tag(e.wei);
     e.scratch = pd.scratchpad_desc();
     e.prim = dnnl::convolution_forward(pd);
   } catch (const dnnl::error& err) {
@@ -159,22 +182,6 @@ dnnl::stream& cpu_stream() {  // one per thread: a stream is not meant to be sha
 
 void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
 
-// The packed bytes end with this tag of the layout they are in, so a weight packed for a primitive
-// with another layout is refused instead of read wrongly.
-constexpr int64_t kTagBytes = sizeof(uint64_t);
-
-uint64_t layout_tag(const memory::desc& d) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
-  mix(static_cast<int64_t>(d.get_data_type()));
-  mix(static_cast<int64_t>(d.get_format_kind()));
-  for (const auto& dims : {d.get_dims(), d.get_strides(), d.get_inner_blks(), d.get_inner_idxs()}) {
-    mix(static_cast<int64_t>(dims.size()));
-    for (auto v : dims) mix(v);
-  }
-  return h;
-}
-
 at::Tensor conv_pack(const at::Tensor& weight, at::IntArrayRef input_size, at::IntArrayRef stride,
                      at::IntArrayRef padding, bool has_bias, int64_t post_op) {
   TORCH_CHECK(weight.device().is_cpu(), "inception_fast::onednn_conv_pack: the weight must be on the CPU");
@@ -189,8 +196,7 @@ at::Tensor conv_pack(const at::Tensor& weight, at::IntArrayRef input_size, at::I
   memory dst(e.wei, cpu_engine(), packed.data_ptr());
   dnnl::reorder(src, dst).execute(cpu_stream(), src, dst);
   cpu_stream().wait();
-  const uint64_t tag = layout_tag(e.wei);
-  std::memcpy(packed.data_ptr<uint8_t>() + bytes, &tag, sizeof(tag));
+  std::memcpy(packed.data_ptr<uint8_t>() + bytes, &e.wei_tag, sizeof(e.wei_tag));
   return packed;
 }
 
@@ -215,7 +221,7 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
   if (packed.numel() == bytes + kTagBytes && packed.is_contiguous()) {
     std::memcpy(&tag, packed.const_data_ptr<uint8_t>() + bytes, sizeof(tag));
   }
-  TORCH_CHECK(packed.numel() == bytes + kTagBytes && tag == layout_tag(e.wei),
+  TORCH_CHECK(packed.numel() == bytes + kTagBytes && tag == e.wei_tag,
               "inception_fast::onednn_conv: `packed` (", packed.numel(), " bytes) is not this convolution's weight layout (",
               bytes + kTagBytes, " bytes): pack the weight for this input size with onednn_conv_pack");
   const bool add = (post_op & kAdd) != 0;
@@ -276,6 +282,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                  std::to_string(v->major) + "." + std::to_string(v->minor));
   }
   m.def("cache_size", &inception_fast::onednn::cache_size, "Convolution primitives kept.");
-  m.attr("DNNL_VERSION") = std::to_string(dnnl_version()->major) + "." + std::to_string(dnnl_version()->minor) + "." +
-                           std::to_string(dnnl_version()->patch);
+  m.attr("DNNL_VERSION") = std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
 }
