@@ -5,7 +5,8 @@ same run.
   pytest benchmarks/ --benchmark-only                  # full sizes
   INCEPTION_FAST_BENCH_QUICK=1 pytest benchmarks/ ...  # CI: small shapes, few rounds
   INCEPTION_FAST_BENCH_COMPILE=1 ...                   # add torch.compile of the eager composition
-  INCEPTION_FAST_BENCH_COMPILE=inception_v3,googlenet  # ... for these models only (ops and blocks: all)
+  INCEPTION_FAST_BENCH_COMPILE=inception_v3,googlenet  # ... for these models and their blocks only (the ops: 1)
+  INCEPTION_FAST_BENCH_MODELS=inception_v3,googlenet   # time these models only, in this order
   INCEPTION_FAST_BENCH_DEVICE=cuda ...                 # time one device only
   INCEPTION_FAST_BENCH_MALLOC=default ...              # keep glibc's allocator settings (see below)
 """
@@ -45,11 +46,14 @@ WITH_COMPILE = _COMPILE not in ("", "0")
 
 
 def compile_wanted(model: str | None = None) -> bool:
-    """Whether torch.compile is a contestant (for this model: INCEPTION_FAST_BENCH_COMPILE may name
-    the models, since compiling all six with max-autotune takes longer than a GPU check may)."""
+    """Whether torch.compile is a contestant for this model (None: for the ops).
+    INCEPTION_FAST_BENCH_COMPILE may name the models, since compiling all six, or every op, with
+    max-autotune takes longer than a GPU check may: the ops are compiled with 1 or all only."""
     if not WITH_COMPILE:
         return False
-    return model is None or _COMPILE in ("1", "all") or model in _COMPILE.split(",")
+    if _COMPILE in ("1", "all"):
+        return True
+    return model is not None and model in _COMPILE.split(",")
 
 
 def compiled(fn, device: str):

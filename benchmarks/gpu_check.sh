@@ -3,7 +3,8 @@
 # every test that touches the GPU, time the GPU benchmarks, write logs, JUnit XML, benchmark JSON and
 # summary.md to OUTDIR. Non-zero exit, with the failing step and tests named, when anything fails.
 #
-#   bash benchmarks/gpu_check.sh OUTDIR [--skip-build] [--no-bench] [--compile]   (PYTHON=... picks the interpreter)
+#   bash benchmarks/gpu_check.sh OUTDIR [--budget SECONDS] [--skip-build] [--no-bench] [--compile MODELS]
+#                                       [--models M1,M2,...]   (PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import QUICK, WITH_COMPILE, compile_wanted, devices, run
-from zoo import contestant_of, pair, rel_err, size_of
+from zoo import MODEL_NAMES, contestant_of, pair, rel_err, size_of
 
 from inception_fast import ops
 from inception_fast.layers import apply_layer  # a block as its model runs it (1x1s merged on the fused path)
@@ -54,6 +54,7 @@ BLOCKS = [
     ("inception_resnet_v2", "mixed_7a", "Mixed_7a (reduction)"),
     ("inception_resnet_v2", "repeat_2.0", "Block8"),
 ]
+BLOCKS = sorted((b for b in BLOCKS if b[0] in MODEL_NAMES), key=lambda b: MODEL_NAMES.index(b[0]))  # as the models
 CONTESTANTS = ["eager", "fused"] + (["compile"] if WITH_COMPILE else [])
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, WITH_COMPILE, compiled, devices, run
+from conftest import QUICK, compile_wanted, compiled, devices, run
 from inception_fast import ops
 
 # (N, C, H, W) from Inception-v3 at 299x299, batch 32: after Mixed_5b's input, Mixed_6*, Mixed_7c.
@@ -34,7 +34,7 @@ def contestants(*, compile_ok=True):
     out = []
     for case in CASES:
         names = ["eager", "copy"] + [f"fused-{b}" for b in _kernel_backends(case[0])]
-        if compile_ok and WITH_COMPILE:
+        if compile_ok and compile_wanted():
             names.append("compile")
         out += [(case, n) for n in names]
     return out
