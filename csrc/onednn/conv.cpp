@@ -24,7 +24,9 @@
 
 #include <dnnl.hpp>
 
+#include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -53,12 +55,20 @@ memory::data_type dnnl_type(at::ScalarType t) {
   }
 }
 
+// Everything a primitive depends on: (N, C, H, W), (O, KH, KW), stride, padding, dtype, has_bias,
+// bias dtype, post_op. A fixed-size array, so that a call's lookup allocates nothing.
+constexpr int kKeyLen = 15;
+using Key = std::array<int64_t, kKeyLen>;
+
 struct Geometry {
-  std::vector<int64_t> key;  // everything the primitive depends on
-  memory::dims src, wei, dst, bias, strides, pads_l, pads_r;
+  Key key;
+  int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow;
   at::ScalarType dtype, bias_dtype;
   bool has_bias;
   int64_t post_op;
+  memory::dims src() const { return {n, c, h, w}; }
+  memory::dims wei() const { return {o, c, kh, kw}; }
+  memory::dims dst() const { return {n, o, oh, ow}; }
 };
 
 Geometry geometry(at::IntArrayRef input_size, at::IntArrayRef weight_size, at::IntArrayRef stride,
@@ -75,25 +85,20 @@ Geometry geometry(at::IntArrayRef input_size, at::IntArrayRef weight_size, at::I
   for (int i = 0; i < 2; ++i) {
     TORCH_CHECK(stride[i] >= 1 && padding[i] >= 0, "inception_fast::onednn_conv: bad stride / padding ", stride, " ", padding);
   }
-  Geometry g;
-  const int64_t oh = (input_size[2] + 2 * padding[0] - weight_size[2]) / stride[0] + 1;
-  const int64_t ow = (input_size[3] + 2 * padding[1] - weight_size[3]) / stride[1] + 1;
   TORCH_CHECK(input_size[2] + 2 * padding[0] >= weight_size[2] && input_size[3] + 2 * padding[1] >= weight_size[3],
               "inception_fast::onednn_conv: the input (", input_size[2], "x", input_size[3], " with padding ", padding,
               ") is smaller than the kernel (", weight_size[2], "x", weight_size[3], ")");
-  g.src = {input_size[0], input_size[1], input_size[2], input_size[3]};
-  g.wei = {weight_size[0], weight_size[1], weight_size[2], weight_size[3]};
-  g.dst = {input_size[0], weight_size[0], oh, ow};
-  g.bias = {weight_size[0]};
-  g.strides = {stride[0], stride[1]};
-  g.pads_l = {padding[0], padding[1]};
-  g.pads_r = g.pads_l;  // oneDNN floors (src + l + r - k) / stride as ATen does
+  Geometry g;
+  g.n = input_size[0], g.c = input_size[1], g.h = input_size[2], g.w = input_size[3];
+  g.o = weight_size[0], g.kh = weight_size[2], g.kw = weight_size[3];
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1];
+  g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;  // oneDNN floors (src + l + r - k) / stride as ATen does
+  g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
   g.dtype = dtype;
   g.has_bias = has_bias;
   g.bias_dtype = has_bias ? bias_dtype : dtype;
   g.post_op = post_op;
-  g.key = {input_size[0], input_size[1], input_size[2], input_size[3], weight_size[0], weight_size[2], weight_size[3],
-           stride[0], stride[1], padding[0], padding[1], static_cast<int64_t>(dtype), has_bias,
+  g.key = {g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, static_cast<int64_t>(dtype), has_bias,
            static_cast<int64_t>(g.bias_dtype), post_op};
   return g;
 }
@@ -102,6 +107,7 @@ struct Entry {
   dnnl::convolution_forward prim;
   memory::desc src, wei, dst, bias, other, scratch;
   uint64_t wei_tag;  // layout_tag(wei)
+  uint64_t id;       // unique over the process (the per-thread memory objects are kept under it)
 };
 
 // FNV-1a over 64-bit values: the cache's key hash and the packed weights' layout tag.
@@ -111,7 +117,7 @@ struct Fnv {
 };
 
 struct KeyHash {
-  size_t operator()(const std::vector<int64_t>& k) const {
+  size_t operator()(const Key& k) const {
     Fnv f;
     for (int64_t v : k) f.mix(v);
     return static_cast<size_t>(f.h);
@@ -135,7 +141,8 @@ uint64_t layout_tag(const memory::desc& d) {
 
 std::mutex g_mutex;
 // shared: a caller keeps its entry while another thread may start the cache over
-std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Entry>, KeyHash> g_cache;
+std::unordered_map<Key, std::shared_ptr<const Entry>, KeyHash> g_cache;
+uint64_t g_next_id = 0;  // under g_mutex
 
 std::shared_ptr<const Entry> entry_for(const Geometry& g) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -145,11 +152,13 @@ std::shared_ptr<const Entry> entry_for(const Geometry& g) {
   const auto t = dnnl_type(g.dtype);
   auto made = std::make_shared<Entry>();
   Entry& e = *made;
-  e.src = memory::desc(g.src, t, memory::format_tag::nhwc);
-  e.dst = memory::desc(g.dst, t, memory::format_tag::nhwc);
+  e.id = g_next_id++;
+  e.src = memory::desc(g.src(), t, memory::format_tag::nhwc);
+  e.dst = memory::desc(g.dst(), t, memory::format_tag::nhwc);
   e.other = e.dst;
-  e.bias = memory::desc(g.bias, dnnl_type(g.bias_dtype), memory::format_tag::a);
-  const memory::desc wei_any(g.wei, t, memory::format_tag::any);
+  e.bias = memory::desc({g.o}, dnnl_type(g.bias_dtype), memory::format_tag::a);
+  const memory::desc wei_any(g.wei(), t, memory::format_tag::any);
+  const memory::dims strides{g.sh, g.sw}, pads{g.ph, g.pw};
   dnnl::post_ops po;
   if (g.post_op & kAdd) po.append_binary(dnnl::algorithm::binary_add, e.other);
   if (g.post_op & kRelu) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -160,17 +169,17 @@ std::shared_ptr<const Entry> entry_for(const Geometry& g) {
     auto pd = g.has_bias
         ? dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
                                                     dnnl::algorithm::convolution_direct, e.src, wei_any, e.bias, e.dst,
-                                                    g.strides, g.pads_l, g.pads_r, attr)
+                                                    strides, pads, pads, attr)
         : dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
                                                     dnnl::algorithm::convolution_direct, e.src, wei_any, e.dst,
-                                                    g.strides, g.pads_l, g.pads_r, attr);
+                                                    strides, pads, pads, attr);
     e.wei = pd.weights_desc();
     e.wei_tag = layout_tag(e.wei);
     e.scratch = pd.scratchpad_desc();
     e.prim = dnnl::convolution_forward(pd);
   } catch (const dnnl::error& err) {
-    TORCH_CHECK(false, "inception_fast::onednn_conv: oneDNN has no convolution for input ", g.src, ", weight ", g.wei,
-                ": ", err.what());
+    TORCH_CHECK(false, "inception_fast::onednn_conv: oneDNN has no convolution for input ", g.src(), ", weight ",
+                g.wei(), ": ", err.what());
   }
   return g_cache.emplace(g.key, std::move(made)).first->second;
 }
@@ -182,6 +191,51 @@ dnnl::stream& cpu_stream() {  // one per thread: a stream is not meant to be sha
 
 void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
 
+// This thread's memory objects for one primitive (their handles set on each call: creating them
+// and the argument map anew cost a dozen heap allocations a call), and its scratchpad, grown as
+// needed: a call's overhead is the lookup and the execution, which matters at batch 1, where a
+// model is ~100 convolutions of tens of microseconds.
+struct Bound {
+  memory src, dst, bias, other, scratch, wei;
+  const void* wei_ptr = nullptr;  // the packed weights wei was made on
+};
+
+struct ThreadState {
+  std::unordered_map<uint64_t, Bound> bound;  // by Entry::id
+  std::unique_ptr<void, void (*)(void*)> scratch{nullptr, &std::free};
+  size_t scratch_bytes = 0;
+
+  void* scratchpad(size_t bytes) {
+    if (bytes > scratch_bytes) {
+      const size_t size = (bytes + 4095) / 4096 * 4096;
+      void* p = std::aligned_alloc(4096, size);
+      TORCH_CHECK(p != nullptr, "inception_fast::onednn_conv: out of memory for a ", size, "-byte scratchpad");
+      scratch.reset(p);
+      scratch_bytes = size;
+    }
+    return scratch.get();
+  }
+
+  Bound& bind(const Entry& e) {
+    auto it = bound.find(e.id);
+    if (it != bound.end()) return it->second;
+    if (bound.size() >= kMaxEntries) bound.clear();
+    auto& eng = cpu_engine();
+    Bound b;
+    b.src = memory(e.src, eng, DNNL_MEMORY_NONE);
+    b.dst = memory(e.dst, eng, DNNL_MEMORY_NONE);
+    b.bias = memory(e.bias, eng, DNNL_MEMORY_NONE);
+    b.other = memory(e.other, eng, DNNL_MEMORY_NONE);
+    b.scratch = memory(e.scratch, eng, DNNL_MEMORY_NONE);
+    return bound.emplace(e.id, std::move(b)).first->second;
+  }
+};
+
+ThreadState& thread_state() {
+  thread_local ThreadState s;
+  return s;
+}
+
 at::Tensor conv_pack(const at::Tensor& weight, at::IntArrayRef input_size, at::IntArrayRef stride,
                      at::IntArrayRef padding, bool has_bias, int64_t post_op) {
   TORCH_CHECK(weight.device().is_cpu(), "inception_fast::onednn_conv_pack: the weight must be on the CPU");
@@ -192,7 +246,7 @@ at::Tensor conv_pack(const at::Tensor& weight, at::IntArrayRef input_size, at::I
   at::Tensor w = weight.contiguous();
   const int64_t bytes = static_cast<int64_t>(e.wei.get_size());
   at::Tensor packed = at::empty({bytes + kTagBytes}, weight.options().dtype(at::kByte));
-  memory src(memory::desc(g.wei, dnnl_type(g.dtype), memory::format_tag::oihw), cpu_engine(), ptr(w));
+  memory src(memory::desc(g.wei(), dnnl_type(g.dtype), memory::format_tag::oihw), cpu_engine(), ptr(w));
   memory dst(e.wei, cpu_engine(), packed.data_ptr());
   dnnl::reorder(src, dst).execute(cpu_stream(), src, dst);
   cpu_stream().wait();
@@ -213,7 +267,7 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
   }
   const Geometry g = geometry(x.sizes(), weight_size, stride, padding, x.scalar_type(), has_bias,
                               has_bias ? bias->scalar_type() : x.scalar_type(), post_op);
-  if (g.src[0] == 0) return at::empty({g.dst[0], g.dst[1], g.dst[2], g.dst[3]}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (g.n == 0) return at::empty({g.n, g.o, g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto entry = entry_for(g);
   const Entry& e = *entry;
   const int64_t bytes = static_cast<int64_t>(e.wei.get_size());
@@ -229,7 +283,7 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
               "inception_fast::onednn_conv: `other` is given exactly when post_op has the add bit (2)");
   const auto cl = at::MemoryFormat::ChannelsLast;
   at::Tensor xc = x.contiguous(cl);
-  at::Tensor y = at::empty({g.dst[0], g.dst[1], g.dst[2], g.dst[3]}, x.options().memory_format(cl));
+  at::Tensor y = at::empty({g.n, g.o, g.oh, g.ow}, x.options().memory_format(cl));
   at::Tensor oc;
   if (add) {
     TORCH_CHECK(other->sizes() == y.sizes() && other->scalar_type() == x.scalar_type() && other->device().is_cpu(),
@@ -238,16 +292,28 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& packed, at::IntArrayRef w
     oc = other->contiguous(cl);
   }
   at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor scratch = at::empty({static_cast<int64_t>(e.scratch.get_size())}, x.options().dtype(at::kByte));
-  auto& eng = cpu_engine();
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, memory(e.src, eng, ptr(xc))},
-      {DNNL_ARG_WEIGHTS, memory(e.wei, eng, ptr(packed))},
-      {DNNL_ARG_DST, memory(e.dst, eng, y.data_ptr())},
-      {DNNL_ARG_SCRATCHPAD, memory(e.scratch, eng, scratch.data_ptr())}};
-  if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(e.bias, eng, ptr(bc)));
-  if (add) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(e.other, eng, ptr(oc)));
-  e.prim.execute(cpu_stream(), args);
+  ThreadState& ts = thread_state();
+  Bound& b = ts.bind(e);
+  if (b.wei_ptr != ptr(packed)) {  // (a memory object made on the weights once per buffer: no zero-padding pass a call)
+    b.wei = memory(e.wei, cpu_engine(), ptr(packed));
+    b.wei_ptr = ptr(packed);
+  }
+  b.src.set_data_handle(ptr(xc));
+  b.dst.set_data_handle(y.data_ptr());
+  b.scratch.set_data_handle(ts.scratchpad(e.scratch.get_size()));
+  dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, b.src.get()}, {DNNL_ARG_WEIGHTS, b.wei.get()}, {DNNL_ARG_DST, b.dst.get()},
+                             {DNNL_ARG_SCRATCHPAD, b.scratch.get()}};
+  int nargs = 4;
+  if (has_bias) {
+    b.bias.set_data_handle(ptr(bc));
+    args[nargs++] = {DNNL_ARG_BIAS, b.bias.get()};
+  }
+  if (add) {
+    b.other.set_data_handle(ptr(oc));
+    args[nargs++] = {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, b.other.get()};
+  }
+  dnnl::error::wrap_c_api(dnnl_primitive_execute(e.prim.get(), cpu_stream().get(), nargs, args),
+                          "inception_fast::onednn_conv: could not execute the convolution");
   cpu_stream().wait();
   return y;
 }
