@@ -8,7 +8,9 @@ the other: on a 2-core machine the allocator's and the caches' history moves a c
 ~25%, so read ratios under 1.3x as "about even" unless a re-run agrees. GPU: bf16 channels_last inference at batch 1 and 256, AMP (bf16) training at batch
 128. INCEPTION_FAST_BENCH_COMPILE=1 (or a comma-separated list of models) adds torch.compile of the
 reference path (max-autotune on a GPU; on the CPU also with freezing). Inference also times
-optimize() (float32 and bf16), ONNX Runtime and OpenVINO (f32 and bf16) on the CPU.
+optimize() (float32 and bf16), ONNX Runtime and OpenVINO (f32 and bf16) on the CPU; on a GPU
+optimize() plain, with CUDA graphs ("optimize_graph") and with CUDA graphs and cuDNN's fused ReLU
+("optimize_cudnn_fused").
 """
 import copy
 import functools

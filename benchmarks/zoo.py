@@ -110,7 +110,9 @@ def size_of(name, size):
 
 
 # Inference-only contestants: what a user would pick instead of (or on top of) the eager model.
-INFER_ONLY = ["optimize", "optimize_bf16", "onnxruntime", "openvino", "openvino_bf16"]
+INFER_ONLY = ["optimize", "optimize_bf16", "optimize_graph", "optimize_cudnn_fused", "onnxruntime", "openvino",
+              "openvino_bf16"]
+GPU_ONLY = {"optimize_graph", "optimize_cudnn_fused"}  # optimize() with CUDA graphs; and cuDNN's fused ReLU
 
 
 def onnx_export(module, x):
@@ -131,8 +133,11 @@ def inference_runner(module, contestant, device, dtype, channels_last, x):
         run_dtype = torch.bfloat16 if contestant == "optimize_bf16" else dtype
         if device == "cuda" and contestant == "optimize_bf16":
             pytest.skip("on a GPU the case's dtype is already bf16: see 'optimize'")
+        if device != "cuda" and contestant in GPU_ONLY:
+            pytest.skip(f"{contestant} is a GPU contestant")
         # a copy: the shared model stays on the CPU for the other contestants and the FLOP count
-        return optimize(copy.deepcopy(module).to(device), dtype=run_dtype, channels_last=True)
+        return optimize(copy.deepcopy(module).to(device), dtype=run_dtype, channels_last=True,
+                        cuda_graph=contestant in GPU_ONLY, cudnn_fused=contestant == "optimize_cudnn_fused")
     if device != "cpu":
         pytest.skip(f"{contestant} is a CPU contestant")
     if contestant == "onnxruntime":

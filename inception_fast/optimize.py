@@ -99,6 +99,12 @@ class FoldedConv(nn.Module):
     # On the CPU, run on inception_fast._onednn's kept primitives where it is built (True), or on
     # ATen's oneDNN convolution (False; for A/B checks). Read when a forward is recorded.
     use_kept_primitives: bool = True
+    # On a GPU, the ReLU (and the residual add before it) fused into cuDNN's convolution
+    # (torch.cudnn_convolution_relu / cudnn_convolution_add_relu, the kernels TorchScript's freezing
+    # uses) instead of conv2d then separate passes over the output. Set per module by
+    # optimize(cudnn_fused=True); off by default until timed on a GPU (the GPU check's model
+    # benchmarks time both, "optimize_graph" and "optimize_cudnn_fused").
+    cudnn_fused: bool = False
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d, relu: bool = True):
         super().__init__()
@@ -166,6 +172,11 @@ class FoldedConv(nn.Module):
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other, w, b, self.padding, self.stride, self.dilation, 1, "add", 1.0,
                 "relu" if self.relu else None, [], "")
+        if x.is_cuda and self.cudnn_fused and self.relu and not torch.is_grad_enabled() and w.dtype == x.dtype \
+                and (other is None or other.dtype == x.dtype):
+            if other is None:
+                return torch.cudnn_convolution_relu(x, w, b, self.stride, self.padding, self.dilation, 1)
+            return torch.cudnn_convolution_add_relu(x, w, other, 1.0, b, self.stride, self.padding, self.dilation, 1)
         y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
         if other is not None:
             y = y.add_(other)
@@ -615,7 +626,8 @@ class OptimizedModel(nn.Module):
 
 
 def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = True,
-             cuda_graph: bool = False, branch_conv: bool = False, replay: bool = True) -> OptimizedModel:
+             cuda_graph: bool = False, branch_conv: bool = False, replay: bool = True,
+             cudnn_fused: bool = False) -> OptimizedModel:
     """`model` (any of the six, on its device) compiled for inference; the model itself is unchanged.
 
     dtype: the precision inside (default float32; torch.bfloat16 on CPUs with AVX-512 BF16 or AMX
@@ -624,7 +636,9 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
     once per input shape, dtype and layout (forward_features / forward_head run eagerly). branch_conv: run every block of ops.branch_conv's forms as that
     op (off by default: see FusedBranches.use_branch_conv). replay: on the CPU, forward replays the
     ops it recorded on its second call with an input of that shape, strides and dtype, without the
-    Python of the module tree (inception_fast._replay; not while forward hooks are registered)."""
+    Python of the module tree (inception_fast._replay; not while forward hooks are registered).
+    cudnn_fused: on a GPU, each convolution's ReLU (and residual add) runs inside cuDNN's
+    convolution (FoldedConv.cudnn_fused; not yet timed on a GPU, hence off by default)."""
     from inception_fast.models.bn_inception import BNInception
 
     dtype = dtype or torch.float32
@@ -646,6 +660,8 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
         for m in net.modules():
             if isinstance(m, FusedBranches):
                 m.use_branch_conv = bool(branch_conv)
+            if isinstance(m, FoldedConv):
+                m.cudnn_fused = bool(cudnn_fused)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
     return OptimizedModel(net, dtype, channels_last, cuda_graph, replay).eval()

@@ -200,15 +200,28 @@ def test_bad_use_is_refused():
         optimize(model, cuda_graph=True)
 
 
+def test_cudnn_fused_is_set_on_every_folded_convolution_and_leaves_the_cpu_path_alone():
+    torch.manual_seed(0)
+    model = models.create_model("inception_resnet_v2", num_classes=10).eval()
+    fused = optimize(model, cudnn_fused=True)
+    plain = optimize(model)
+    convs = [m for m in fused.modules() if isinstance(m, FoldedConv)]
+    assert convs and all(m.cudnn_fused for m in convs)
+    assert not any(m.cudnn_fused for m in plain.modules() if isinstance(m, FoldedConv))
+    x = torch.randn(2, 3, 75, 75)
+    assert torch.equal(fused(x), plain(x))  # a GPU-only switch: the CPU kernels are the same
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("cudnn_fused", [False, True], ids=["conv2d", "cudnn_fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("case", MODEL_CASES, ids=MODEL_IDS)
-def test_optimized_matches_peer_cuda(case, dtype):
+def test_optimized_matches_peer_cuda(case, dtype, cudnn_fused):
     peer, ours = pair(case)
     x = torch.randn(4, 3, case.native, case.native, device="cuda")
     with torch.no_grad():
         ref = copy.deepcopy(peer).cuda()(x)
-    y = optimize(copy.deepcopy(ours).cuda(), dtype=dtype)(x)
+    y = optimize(copy.deepcopy(ours).cuda(), dtype=dtype, cudnn_fused=cudnn_fused)(x)
     assert y.dtype == torch.float32 and y.device == x.device
     # float32 convolutions on cuDNN may run in TF32 (torch's default for cuDNN), in the peer too
     assert rel_err(y, ref) < (5e-3 if dtype == torch.float32 else 2e-2)
