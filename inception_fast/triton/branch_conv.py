@@ -133,6 +133,35 @@ def _block_k(c):
     return 16 if c <= 16 else 32
 
 
+# Tile configurations, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) from (M, O, C, dtype):
+# "small" is what the interpreter runs (few elements a program: it executes them one by one); "gpu"
+# is the tensor-core tile for 16-bit operands (128 output pixels x 64 channels x a K chunk of 32 at 8
+# warps, wgmma on sm_90; 64 pixels for narrower outputs) and 64 x 32 x 32 at 8 warps for float32,
+# whose IEEE products run on the FMA units. The largest tiles that compile without spilling registers for sm_80 and sm_90
+# (`python -m inception_fast.triton.aot`: the per-element int64 addresses of the gathered input tile
+# take most of the registers; 128 x 128 x 64, or any of these at 4 warps, spill 16-900 bytes a thread).
+# Not yet timed on a GPU.
+_CONV_CONFIG = "auto"  # "auto" (gpu unless interpreting), "small", "gpu": the tests pick one
+
+
+def _pow2_at_least(v, lo, hi):
+    p = lo
+    while p < v and p < hi:
+        p *= 2
+    return p
+
+
+def _conv_config(m, o, c, dtype):
+    config = _CONV_CONFIG if _CONV_CONFIG != "auto" else ("small" if _interpreting() else "gpu")
+    if config == "small":
+        return 32, 32 if o > 16 else 16, _block_k(c), 4, 3
+    if dtype == torch.float32:
+        return 64, _pow2_at_least(o, 16, 32), _pow2_at_least(c, 16, 32), 8, 2
+    block_n = _pow2_at_least(o, 16, 64)
+    block_m = 128 if m >= 128 and block_n == 64 else 64  # (128 x 32 spills on sm_80)
+    return block_m, block_n, _pow2_at_least(c, 16, 32), 8, 3
+
+
 def conv_into(x, weight, bias, stride, padding, y, relu=True):
     """y[...] = act(conv2d(x, weight, bias, stride, padding)): x and y NHWC views (any strides; y
     typically a channel slice of a larger output), weight [O, C, kh, kw]."""
@@ -141,7 +170,7 @@ def conv_into(x, weight, bias, stride, padding, y, relu=True):
     _, _, oh, ow = y.shape
     wt = weight.permute(2, 3, 1, 0).contiguous()  # [kh, kw, C, O]
     m = n * oh * ow
-    block_m, block_n = 32, 32 if o > 16 else 16
+    block_m, block_n, block_k, num_warps, num_stages = _conv_config(m, o, c, x.dtype)
     grid = (triton.cdiv(m, block_m), triton.cdiv(o, block_n))
     with _on_device(x):
         _conv_kernel[grid](x, wt, bias if bias is not None else wt, y, m, h, w, c, oh, ow, o, kh, kw,
@@ -149,7 +178,8 @@ def conv_into(x, weight, bias, stride, padding, y, relu=True):
                            HAS_BIAS=bias is not None, RELU=relu, IEEE=x.dtype == torch.float32,
                            UPCAST=_interpreting() and x.dtype != torch.float32,
                            ROUND_BF16=_interpreting() and y.dtype == torch.bfloat16,
-                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_block_k(c))
+                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+                           num_stages=num_stages)
     return y
 
 
