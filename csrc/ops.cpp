@@ -99,6 +99,10 @@ TORCH_LIBRARY(inception_fast, m) {
   // new tensor, and nan_rows[n] = whether x[n] holds a NaN (bool [N]). x is a 4-D float batch of any
   // strides; dtype is float32, bfloat16 or float16 (rounded to nearest even, as .to() does).
   m.def("prepare_input(Tensor x, ScalarType dtype, bool channels_last) -> (Tensor y, Tensor nan_rows)");
+  // The tail of an average-pool branch that optimize() projects first: y = relu(avg_pool2d(r, 3,
+  // stride 1, padding 1, count_include_pad) + bias) in one pass, channels_last, r's dtype (float32,
+  // bfloat16, float16); bias a vector of r's channels (any float dtype) or None.
+  m.def("avg_pool3x3_bias_relu(Tensor r, Tensor? bias, bool count_include_pad) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
   // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.

@@ -190,7 +190,8 @@ class FoldedConv(nn.Module):
 
 class _PoolProjection(nn.Module):
     """relu(avgpool(conv1x1(x)) + bias) == relu(conv1x1(avgpool(x)) + bias): the projection first,
-    so that the pool runs on the narrower tensor."""
+    so that the pool runs on the narrower tensor; a 3x3/1/1 pool, its bias and the ReLU in one pass
+    (ops.avg_pool3x3_bias_relu)."""
 
     def __init__(self, pool: nn.AvgPool2d, step):
         super().__init__()
@@ -200,7 +201,12 @@ class _PoolProjection(nn.Module):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu_(self.pool(self.project(x)).add_(self.bias))
+        y = self.project(x)
+        p = self.pool
+        if _pair(p.kernel_size) == (3, 3) and _pair(p.stride) == (1, 1) and _pair(p.padding) == (1, 1) \
+                and not p.ceil_mode and p.divisor_override is None:  # one pass (ops.avg_pool3x3_bias_relu)
+            return ops.avg_pool3x3_bias_relu(y, self.bias.view(-1), p.count_include_pad)
+        return F.relu_(p(y).add_(self.bias))
 
 
 def _is_1x1(step) -> bool:

@@ -36,6 +36,15 @@ at::Tensor max_pool_3x3(const at::Tensor& x) {
   return op.call(x, {3, 3}, {1, 1}, {1, 1}, false);
 }
 
+// relu(avg_pool2d(r, 3, 1, 1, count_include_pad) + bias) in one pass: the extension's
+// avg_pool3x3_bias_relu op (csrc/cpu/avg_pool_bias_relu.cpp), as optimize()'s plain path runs it.
+at::Tensor avg_pool_3x3_bias_relu(const at::Tensor& r, const std::optional<at::Tensor>& bias, bool include_pad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("inception_fast::avg_pool3x3_bias_relu", "")
+                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, bool)>();
+  return op.call(r, bias, include_pad);
+}
+
 at::Tensor branch_conv(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef split, at::IntArrayRef pool, at::IntArrayRef depth,
                        at::TensorList conv_weight, const c10::List<std::optional<at::Tensor>>& conv_bias,
@@ -105,10 +114,8 @@ at::Tensor branch_conv(const at::Tensor& x_in, const at::Tensor& weight, const s
   }
   for (int64_t i = 0; i < S; ++i) {
     if (pool[i] == 1 || pool[i] == 2) {
-      at::Tensor r = conv_relu(x, rows(i), std::nullopt, {1, 1}, {0, 0}, /*relu=*/false);
-      r = at::avg_pool2d(r, {3, 3}, {1, 1}, {1, 1}, /*ceil_mode=*/false, /*count_include_pad=*/pool[i] == 1);
-      if (bias.has_value()) r.add_(bias_of(i)->view({1, -1, 1, 1}));
-      heads[i] = r.relu_();
+      const at::Tensor r = conv_relu(x, rows(i), std::nullopt, {1, 1}, {0, 0}, /*relu=*/false);
+      heads[i] = avg_pool_3x3_bias_relu(r, bias.has_value() ? bias_of(i) : std::nullopt, /*include_pad=*/pool[i] == 1);
     } else if (pool[i] == 3) {
       heads[i] = conv_relu(max_pool_3x3(x), rows(i), bias_of(i), {1, 1}, {0, 0});
     }

@@ -2,6 +2,7 @@
 `use_backend` / `set_backend` / INCEPTION_FAST_BACKEND (reference | cpu | cuda | triton)."""
 from inception_fast.ops._backend import (BACKENDS, available_backends, get_backend, resolve, set_backend,
                                          use_backend)
+from inception_fast.ops.avg_pool_bias_relu import avg_pool3x3_bias_relu, avg_pool3x3_bias_relu_reference
 from inception_fast.ops.branch_conv import branch_conv, branch_conv_reference
 from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with_stats, bn_stats,
                                         combine_stats)
@@ -18,5 +19,5 @@ __all__ = [
     "scaled_residual_add", "scaled_residual_add_reference", "conv1x1", "conv1x1_reference",
     "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference", "branch_conv",
     "branch_conv_reference", "prepare_input", "prepare_input_reference", "onednn_conv", "onednn_conv_pack",
-    "onednn_conv_reference",
+    "onednn_conv_reference", "avg_pool3x3_bias_relu", "avg_pool3x3_bias_relu_reference",
 ]
