@@ -70,10 +70,12 @@ def test_problems_names_what_would_fail_on_a_gpu():
 def test_the_models_launches_compile_for_sm80_and_sm90_without_spills():
     from inception_fast.triton import aot
 
-    specs = aot.model_specs(["inception_v3", "inception_resnet_v2"], batch=2, size=75)
+    # (Inception-ResNet-v2 launches every kernel kind: its Mixed_5b has the average-pool branch)
+    specs = aot.model_specs(["inception_resnet_v2"], batch=2, size=75)
     kernels = {s.kernel for s in specs}
     assert {"_conv_kernel", "_pool_kernel", "_bn_stats_cl_kernel", "_bn_relu_apply_kernel",
             "_scaled_residual_add_kernel", "_scaled_residual_add_backward_kernel"} <= kernels, kernels
     rows = aot.compile_specs(specs)
     assert len(rows) == 2 * len(specs)
     assert aot.problems(rows) == []
+    assert all(r["ok"] and r["shared"] > 0 for r in rows if r["spec"]["kernel"] == "_conv_kernel")
