@@ -11,6 +11,7 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <utility>
@@ -111,11 +112,16 @@ class Replay {
     steps_.push_back(std::move(step));
   }
 
-  std::vector<at::Tensor> run(const at::Tensor& x) const {
+  // times: when given, each step's wall time in seconds (the op's dispatch and kernels, its results
+  // stored), for a breakdown of where a forward's time goes.
+  std::vector<at::Tensor> run(const at::Tensor& x, std::vector<double>* times = nullptr) const {
+    if (times != nullptr) times->assign(steps_.size(), 0.0);
     std::vector<c10::IValue> vals(n_slots_);
     vals[0] = x;
     std::vector<c10::IValue> stack;
-    for (const auto& step : steps_) {
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      const Step& step = steps_[i];
+      const auto start = std::chrono::steady_clock::now();
       stack.assign(step.stack.begin(), step.stack.end());
       for (const auto& [pos, slot] : step.fills) stack[pos] = vals[slot];
       for (const auto& lf : step.list_fills) {
@@ -141,6 +147,7 @@ class Replay {
       TORCH_CHECK(k == step.outs.size(), "Replay: ", step.op.schema().name(), " returned ", k,
                   " tensors, the recording ", step.outs.size());
       for (int s : step.frees) vals[s] = c10::IValue();
+      if (times != nullptr) (*times)[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     std::vector<at::Tensor> out;
     out.reserve(out_slots_.size());
@@ -168,7 +175,17 @@ void add_replay(PyObject* module) {
       .def(py::init<int, std::vector<int>>(), py::arg("n_slots"), py::arg("out_slots"))
       .def("add_step", &Replay::add_step, py::arg("name"), py::arg("overload"), py::arg("args"),
            py::arg("kwargs"), py::arg("fills"), py::arg("list_slots"), py::arg("outs"), py::arg("frees"))
-      .def("run", &Replay::run, py::arg("x"), py::call_guard<py::gil_scoped_release>())
+      .def("run", [](const Replay& r, const at::Tensor& x) { return r.run(x); }, py::arg("x"),
+           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "run_timed",
+          [](const Replay& r, const at::Tensor& x) {
+            std::vector<double> times;
+            auto out = r.run(x, &times);
+            return std::make_pair(out, times);
+          },
+          py::arg("x"), py::call_guard<py::gil_scoped_release>(),
+          "run(x), and each step's wall time in seconds")
       .def("__len__", &Replay::size);
 }
 

@@ -18,6 +18,7 @@ other than tensors: a replay could not reproduce that.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from operator import attrgetter
@@ -133,6 +134,7 @@ class Program:
             if s not in self.out_slots and s != 0:
                 frees.setdefault(k, []).append(s)
         self.n_slots = rec.n_slots
+        self.names = tuple(f"{func._schema.name}.{func._schema.overload_name or 'default'}" for func, *_ in rec.steps)
         # OpOverload's own entry point (its Python __call__ only forwards to it)
         self.steps = [(getattr(func, "_op", func), tmpl, kwargs or None, fills, list_fills, slots, kind,
                        tuple(frees.get(k, ())))
@@ -148,10 +150,20 @@ class Program:
             return outs[0] if self.out_kind is None else self.out_kind(outs)
         return self.run_python(x)
 
-    def run_python(self, x: torch.Tensor):
+    def run_timed(self, x: torch.Tensor):
+        """run(x), and the wall time in seconds of each step (its op's dispatch and kernels), in the
+        order of `names`."""
+        if self.native is not None:
+            outs, times = self.native.run_timed(x)
+            return (outs[0] if self.out_kind is None else self.out_kind(outs)), times
+        times = []
+        return self.run_python(x, times), times
+
+    def run_python(self, x: torch.Tensor, times: list | None = None):
         vals = [None] * self.n_slots
         vals[0] = x
         for func, tmpl, kwargs, fills, list_fills, slots, kind, frees in self.steps:
+            start = time.perf_counter() if times is not None else 0.0
             a = list(tmpl)
             for i, s in fills:
                 a[i] = vals[s]
@@ -168,6 +180,8 @@ class Program:
                     vals[s] = t
             for s in frees:
                 vals[s] = None
+            if times is not None:
+                times.append(time.perf_counter() - start)
         outs = [vals[s] for s in self.out_slots]
         return outs[0] if self.out_kind is None else self.out_kind(outs)
 
@@ -226,6 +240,11 @@ class Programs:
             return True
         # (attrgetter keeps the scan over a few hundred modules in C: ~10 us a call, not ~80)
         return any(map(_HOOKS, self._modules)) or any(map(_PRE_HOOKS, self._modules))
+
+    def get(self, x: torch.Tensor, extra=None) -> "Program | None":
+        """The program recorded for x's signature, if there is one."""
+        with self.lock:
+            return self.programs.get(signature(x, extra))
 
     def __call__(self, x: torch.Tensor, extra=None):
         if self._hooked():

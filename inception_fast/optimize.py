@@ -30,9 +30,11 @@ each block's forward in the tests.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
+import statistics
 import warnings
 
 import torch
@@ -620,6 +622,34 @@ class OptimizedModel(nn.Module):
             else:
                 y = self.model(xin)
             return self._output(y, nan_rows)
+
+    def op_times(self, x: torch.Tensor, runs: int = 20) -> list[tuple[str, int, float]]:
+        """Where a CPU forward on x spends its time: (op, calls a forward, median seconds a forward),
+        the slowest first, from `runs` timed replays of the recorded forward (each op's dispatch and
+        kernels; the input conversion before them and the float32 output after them excluded).
+        Raises where forward does not replay (a GPU model, replay=False, forward hooks)."""
+        if self._programs is None or not isinstance(x, torch.Tensor) or x.device.type != "cpu":
+            raise ValueError("op_times() times the replay of a recorded CPU forward: it needs a CPU input and a "
+                             "model optimize()d with replay=True")
+        if runs < 1:
+            raise ValueError(f"op_times(): runs must be at least 1, got {runs}")
+        extra = (_settings_key(), self._switches())
+        with self._scope(x):
+            xin, _ = self._input(x)
+            for _ in range(3):  # the first call builds, the second records, the third runs the replay
+                if self._programs.get(xin, extra) is not None:
+                    break
+                self._programs(xin, extra)
+            prog = self._programs.get(xin, extra)
+            if prog is None:
+                raise RuntimeError("op_times(): this forward is not replayed (forward hooks, or a recording "
+                                   "refused: see the warning)")
+            per_run = [prog.run_timed(xin)[1] for _ in range(runs)]
+        per_step = [statistics.median(t[k] for t in per_run) for k in range(len(prog.names))]
+        calls, seconds = collections.Counter(prog.names), collections.defaultdict(float)
+        for name, t in zip(prog.names, per_step):
+            seconds[name] += t
+        return sorted(((name, calls[name], seconds[name]) for name in calls), key=lambda r: -r[2])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with self._scope(x):

@@ -91,6 +91,27 @@ def test_nan_and_inf(layout, dtype):
         assert torch.equal(xa.grad != 0, xb.grad != 0)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_zeros_of_both_signs(layout, dtype):
+    # oneDNN's ReLU post-op writes -0 for negative inputs (0 * x), eager's +0: maps of mixed zeros and
+    # negatives, whose windows' maximum is a zero held with both signs. The value is ATen's; only the
+    # sign of a zero may differ (the 16-bit kernels order -0 below +0, the separable float32 one keeps
+    # the first zero of its own scan), and the gradient still goes to one zero of the window.
+    g = torch.Generator().manual_seed(5)
+    x = -torch.rand(2, 70, 10, 9, generator=g, dtype=torch.float64)
+    signs = torch.randint(0, 3, x.shape, generator=g)
+    x = torch.where(signs == 0, 0.0, torch.where(signs == 1, -0.0, x)).to(dtype)
+    x = x.contiguous(memory_format=LAYOUTS[layout])
+    for k, s, p, c in [(3, 1, 1, True), (3, 2, 0, True), (2, 3, 1, False)]:
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y, ref = ops.max_pool(xa, k, s, p, c), F.max_pool2d(xb, k, s, p, ceil_mode=c)
+        assert torch.equal(y, ref) and (ref == 0).float().mean() > 0.5
+        y.sum().backward()
+        ref.sum().backward()
+        assert xa.grad.sum() == xb.grad.sum() == y.numel()
+
+
 def test_gradcheck():
     for layout in ("nchw", "cl"):
         # Distinct values (no ties: gradcheck's finite differences would straddle them).

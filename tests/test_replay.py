@@ -10,7 +10,9 @@ replayed without its module tree.
 - a program drops each intermediate after its last use; copies and pickles of the model record again;
 - the extension's C++ replay (no Python between the ops) gives the Python replay's bits, with
   Tensor[] arguments, tensor-list results, keyword and default arguments, Python numbers where an op
-  takes a tensor (wrapped numbers: no dtype promotion), in-place ops and constants.
+  takes a tensor (wrapped numbers: no dtype promotion), in-place ops and constants;
+- run_timed gives run's bits and a time per step; OptimizedModel.op_times sums them per op, records
+  on its own, changes no result, and refuses what does not replay.
 """
 import copy
 import io
@@ -259,3 +261,42 @@ def test_without_the_cpp_replay_programs_replay_from_python_and_say_so(monkeypat
     assert prog.native is None
     x = torch.randn(2, 5, 5, 5)
     assert all(torch.equal(g, w) for g, w in zip(progs(x), m(x)))
+
+
+def test_run_timed_gives_runs_bits_and_a_time_per_step():
+    m = _Glue()
+    progs = Programs(m, m)
+    x = torch.randn(3, 5, 5, 5)
+    progs(x), progs(x)
+    (prog,) = progs.programs.values()
+    assert prog.names[0] == "aten::split_with_sizes.default" and "aten::cat.default" in prog.names
+    x = torch.randn(3, 5, 5, 5)
+    want = m(x)
+    runs = [prog.run_timed(x)] + ([] if prog.native is None else [(prog.run_python(x, t := []), t)])
+    for got, times in runs:
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert len(times) == len(prog.names) == len(prog) and all(t > 0 for t in times)
+
+
+def test_op_times_says_where_a_forward_goes():
+    model = _googlenet()
+    fast = optimize(model)
+    x = torch.randn(1, 3, 96, 96)
+    rows = fast.op_times(x, runs=3)  # records on its own: no call before
+    (prog,) = fast._programs.programs.values()
+    names = [r[0] for r in rows]
+    assert len(set(names)) == len(names) and sum(r[1] for r in rows) == len(prog)
+    assert all(r[2] > 0 for r in rows) and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+    conv = "inception_fast::onednn_conv.default" if _ext.onednn_loaded() else None
+    if conv is not None:
+        assert rows[0][0] == conv and dict((r[0], r[1]) for r in rows)[conv] == 3 + 9 * 4  # the stem; a block: its 1x1s merged, two 3x3s, the pool projection
+    assert "inception_fast::max_pool.default" in names
+    assert torch.equal(fast(x), optimize(model, replay=False)(x))  # timing changed nothing
+    with pytest.raises(ValueError, match="runs must be at least 1"):
+        fast.op_times(x, runs=0)
+    with pytest.raises(ValueError, match="replay=True"):
+        optimize(model, replay=False).op_times(x)
+    fast.register_forward_hook(lambda *a: None)
+    fast.model.fc.register_forward_hook(lambda *a: None)
+    with pytest.raises(RuntimeError, match="not replayed"):
+        fast.op_times(torch.randn(1, 3, 80, 80))

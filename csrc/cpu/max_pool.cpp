@@ -83,51 +83,35 @@ IF_INLINE bool takes(A v, A m) {
   return v > m || v != v;
 }
 
-// ---- channels_last: rows of C channels; a window's taps are whole rows, 16 channels a vector ----
+// ---- channels_last: rows of C channels; a window's taps are whole rows of vectors of channels ----
+//
+// Separable (16-bit types, and float32 at horizontal stride 1): for an output row, first the maximum
+// over the window's rows for every input column the row's windows read (the column maxima, kept per block of channels in a small buffer), then each
+// output's maximum over its window's columns: kh + kw - 2 comparisons an output instead of
+// kh * kw - 1 (a 3x3/1 pool: 4 instead of 8). NaN is tracked beside the maximum and gives the quiet
+// NaN. Ties keep the first value met, so where a window's maximum is a zero held with both signs
+// (-0 and +0), the sign can differ from ATen's row-by-row scan; the value never does.
 
-// float16 / bfloat16, channels_last: the maximum taken on the bits, 32 channels a vector, with no
-// conversion to float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders
-// them as unsigned integers in the order of their values (-0 below +0, the one place where the
-// result's bits can differ from ATen's, whose max keeps the first of two equal zeros); NaN (exponent
-// all ones, mantissa not 0) is tracked apart and gives the quiet NaN.
-typedef uint16_t u16v __attribute__((vector_size(64)));
-typedef int16_t i16v __attribute__((vector_size(64)));
+// The input columns [lo, hi) that some window of the row reads.
+IF_INLINE void row_columns(const Pool& g, int64_t& lo, int64_t& hi) {
+  int64_t unused;
+  window(0, g.sw, g.pw, g.kw, g.w, lo, unused);
+  window(g.ow - 1, g.sw, g.pw, g.kw, g.w, unused, hi);
+}
 
+// Scalar channels (the tail after the vectors, and float64): the window scanned row by row.
 template <typename T>
-IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
-                                        int64_t ih1) {
-  static_assert(sizeof(T) == 2, "16-bit types only");
-  constexpr bool bf16 = std::is_same_v<T, c10::BFloat16>;
-  constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
-  constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
-  constexpr int64_t L = 32;
-  const uint16_t* xb = reinterpret_cast<const uint16_t*>(x);
-  uint16_t* yb = reinterpret_cast<uint16_t*>(y);
+IF_INLINE void forward_cl_scalar(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0, int64_t ih1,
+                                 int64_t c0) {
+  using A = acc_t<T>;
   for (int64_t o = 0; o < g.ow; ++o) {
     int64_t iw0, iw1;
     window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
-    int64_t c = 0;
-    for (; c + L <= g.c; c += L) {
-      u16v m = u16v{};  // below every key
-      u16v nan = u16v{};
-      for (int64_t ih = ih0; ih < ih1; ++ih) {
-        for (int64_t iw = iw0; iw < iw1; ++iw) {
-          u16v b;
-          std::memcpy(&b, xb + (ih * g.w + iw) * g.c + c, sizeof(b));
-          const u16v key = b ^ ((u16v)((i16v)b >> 15) | 0x8000);
-          m = key > m ? key : m;
-          nan |= (u16v)((b & 0x7FFF) > inf_bits);
-        }
-      }
-      const u16v bits = m ^ (~(u16v)((i16v)m >> 15) | 0x8000);
-      const u16v out = (bits & ~nan) | (nan & qnan_bits);
-      std::memcpy(yb + o * g.c + c, &out, sizeof(out));
-    }
-    for (; c < g.c; ++c) {
-      float m = neg_inf<float>();
+    for (int64_t c = c0; c < g.c; ++c) {
+      A m = neg_inf<A>();
       for (int64_t ih = ih0; ih < ih1; ++ih)
         for (int64_t iw = iw0; iw < iw1; ++iw) {
-          const float v = to_acc(x[(ih * g.w + iw) * g.c + c]);
+          const A v = to_acc(x[(ih * g.w + iw) * g.c + c]);
           if (takes(v, m)) m = v;
         }
       y[o * g.c + c] = from_acc<T>(m);
@@ -135,60 +119,189 @@ IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__
   }
 }
 
-template <typename T>
-IF_CPU_CLONES void forward_cl_row(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0, int64_t ih1) {
-  using A = acc_t<T>;
-  constexpr int64_t L = 16;  // channels per vector (float64 takes the scalar loop)
+// float32: U vectors of 16 channels a block (U independent max chains).
+template <int U>
+IF_INLINE int64_t forward_cl_f32_blocks(const float* __restrict__ x, float* __restrict__ y, const Pool& g,
+                                        int64_t ih0, int64_t ih1, int64_t c, vec_t<float>* __restrict__ cm,
+                                        mask_t* __restrict__ cn) {
+  constexpr int64_t L = 16;
+  int64_t lo, hi;
+  row_columns(g, lo, hi);
+  for (; c + U * L <= g.c; c += U * L) {
+    for (int64_t iw = lo; iw < hi; ++iw) {
+      vec_t<float> m[U];
+      mask_t nan[U];
+      for (int u = 0; u < U; ++u) {
+        m[u] = vec_t<float>{} + neg_inf<float>();
+        nan[u] = mask_t{};
+      }
+      for (int64_t ih = ih0; ih < ih1; ++ih) {
+        const float* tap = x + (ih * g.w + iw) * g.c + c;
+        for (int u = 0; u < U; ++u) {
+          const vec_t<float> v = load_vec(tap + u * L);
+          m[u] = v > m[u] ? v : m[u];
+          nan[u] |= v != v;
+        }
+      }
+      for (int u = 0; u < U; ++u) {
+        cm[(iw - lo) * U + u] = m[u];
+        cn[(iw - lo) * U + u] = nan[u];
+      }
+    }
+    for (int64_t o = 0; o < g.ow; ++o) {
+      int64_t iw0, iw1;
+      window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+      vec_t<float> m[U];
+      mask_t nan[U];
+      for (int u = 0; u < U; ++u) {
+        m[u] = cm[(iw0 - lo) * U + u];
+        nan[u] = cn[(iw0 - lo) * U + u];
+      }
+      for (int64_t iw = iw0 + 1; iw < iw1; ++iw)
+        for (int u = 0; u < U; ++u) {
+          const vec_t<float> v = cm[(iw - lo) * U + u];
+          m[u] = v > m[u] ? v : m[u];
+          nan[u] |= cn[(iw - lo) * U + u];
+        }
+      for (int u = 0; u < U; ++u)
+        store_vec(y + o * g.c + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+    }
+  }
+  return c;
+}
+
+// float32 with a horizontal stride: each window's taps directly (a 3x3/2 pool reads about as many
+// taps an output either way, and the column buffer's traffic made the separable form 10-25% slower).
+template <int U>
+IF_INLINE int64_t forward_cl_f32_direct(const float* __restrict__ x, float* __restrict__ y, const Pool& g,
+                                        int64_t ih0, int64_t ih1, int64_t c0) {
+  constexpr int64_t L = 16;
+  int64_t end = c0;
   for (int64_t o = 0; o < g.ow; ++o) {
     int64_t iw0, iw1;
     window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
-    T* out = y + o * g.c;
-    int64_t c = 0;
-    if constexpr (!std::is_same_v<T, double>) {
-      // U vectors of channels at a time: U independent max chains (one chain waits on each
-      // vmaxps's latency), the taps loaded once each.
-      constexpr int U = 4;
-      for (; c + U * L <= g.c; c += U * L) {
-        vec_t<float> m[U];
-        mask_t nan[U];
-        for (int u = 0; u < U; ++u) {
-          m[u] = vec_t<float>{} + neg_inf<float>();
-          nan[u] = mask_t{};
-        }
-        for (int64_t ih = ih0; ih < ih1; ++ih) {
-          for (int64_t iw = iw0; iw < iw1; ++iw) {
-            const T* tap = x + (ih * g.w + iw) * g.c + c;
-            for (int u = 0; u < U; ++u) {
-              const vec_t<float> v = load_vec(tap + u * L);
-              m[u] = v > m[u] ? v : m[u];  // one select per tap stays in vector registers; NaN apart
-              nan[u] |= v != v;
-            }
-          }
-        }
-        for (int u = 0; u < U; ++u)
-          store_vec(out + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+    int64_t c = c0;
+    for (; c + U * L <= g.c; c += U * L) {
+      vec_t<float> m[U];
+      mask_t nan[U];
+      for (int u = 0; u < U; ++u) {
+        m[u] = vec_t<float>{} + neg_inf<float>();
+        nan[u] = mask_t{};
       }
-      for (; c + L <= g.c; c += L) {
-        vec_t<float> m = vec_t<float>{} + neg_inf<float>();
-        mask_t nan = mask_t{};
-        for (int64_t ih = ih0; ih < ih1; ++ih) {
-          for (int64_t iw = iw0; iw < iw1; ++iw) {
-            const vec_t<float> v = load_vec(x + (ih * g.w + iw) * g.c + c);
-            m = v > m ? v : m;
-            nan |= v != v;
-          }
-        }
-        store_vec(out + c, nan ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m);
-      }
-    }
-    for (; c < g.c; ++c) {
-      A m = neg_inf<A>();
       for (int64_t ih = ih0; ih < ih1; ++ih)
         for (int64_t iw = iw0; iw < iw1; ++iw) {
-          const A v = to_acc(x[(ih * g.w + iw) * g.c + c]);
-          if (takes(v, m)) m = v;
+          const float* tap = x + (ih * g.w + iw) * g.c + c;
+          for (int u = 0; u < U; ++u) {
+            const vec_t<float> v = load_vec(tap + u * L);
+            m[u] = v > m[u] ? v : m[u];
+            nan[u] |= v != v;
+          }
         }
-      out[c] = from_acc<T>(m);
+      for (int u = 0; u < U; ++u)
+        store_vec(y + o * g.c + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+    }
+    end = c;
+  }
+  return end;
+}
+
+IF_CPU_CLONES void forward_cl_row(const float* __restrict__ x, float* __restrict__ y, const Pool& g, int64_t ih0,
+                                  int64_t ih1, vec_t<float>* __restrict__ cm, mask_t* __restrict__ cn) {
+  int64_t c = 0;
+  if (g.sw == 1) {
+    c = forward_cl_f32_blocks<4>(x, y, g, ih0, ih1, c, cm, cn);
+    c = forward_cl_f32_blocks<1>(x, y, g, ih0, ih1, c, cm, cn);
+  } else {
+    c = forward_cl_f32_direct<4>(x, y, g, ih0, ih1, c);
+    c = forward_cl_f32_direct<1>(x, y, g, ih0, ih1, c);
+  }
+  forward_cl_scalar(x, y, g, ih0, ih1, c);
+}
+
+// float16 / bfloat16: the maximum taken on the bits, 32 channels a vector, with no conversion to
+// float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders them as unsigned
+// integers in the order of their values (-0 below +0); NaN (exponent all ones, mantissa not 0) is
+// tracked apart and gives the quiet NaN.
+typedef uint16_t u16v __attribute__((vector_size(64)));
+typedef int16_t i16v __attribute__((vector_size(64)));
+
+template <typename T, int U>
+IF_INLINE int64_t forward_cl_16bit_blocks(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
+                                          int64_t ih1, int64_t c, u16v* __restrict__ cm, u16v* __restrict__ cn) {
+  constexpr bool bf16 = std::is_same_v<T, c10::BFloat16>;
+  constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
+  constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
+  constexpr int64_t L = 32;
+  const uint16_t* xb = reinterpret_cast<const uint16_t*>(x);
+  uint16_t* yb = reinterpret_cast<uint16_t*>(y);
+  int64_t lo, hi;
+  row_columns(g, lo, hi);
+  for (; c + U * L <= g.c; c += U * L) {
+    for (int64_t iw = lo; iw < hi; ++iw) {
+      u16v m[U], nan[U];
+      for (int u = 0; u < U; ++u) m[u] = nan[u] = u16v{};  // 0: below every key
+      for (int64_t ih = ih0; ih < ih1; ++ih) {
+        const uint16_t* tap = xb + (ih * g.w + iw) * g.c + c;
+        for (int u = 0; u < U; ++u) {
+          u16v b;
+          std::memcpy(&b, tap + u * L, sizeof(b));
+          const u16v key = b ^ ((u16v)((i16v)b >> 15) | 0x8000);
+          m[u] = key > m[u] ? key : m[u];
+          nan[u] |= (u16v)((b & 0x7FFF) > inf_bits);
+        }
+      }
+      for (int u = 0; u < U; ++u) {
+        cm[(iw - lo) * U + u] = m[u];
+        cn[(iw - lo) * U + u] = nan[u];
+      }
+    }
+    for (int64_t o = 0; o < g.ow; ++o) {
+      int64_t iw0, iw1;
+      window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
+      u16v m[U], nan[U];
+      for (int u = 0; u < U; ++u) {
+        m[u] = cm[(iw0 - lo) * U + u];
+        nan[u] = cn[(iw0 - lo) * U + u];
+      }
+      for (int64_t iw = iw0 + 1; iw < iw1; ++iw)
+        for (int u = 0; u < U; ++u) {
+          const u16v v = cm[(iw - lo) * U + u];
+          m[u] = v > m[u] ? v : m[u];
+          nan[u] |= cn[(iw - lo) * U + u];
+        }
+      for (int u = 0; u < U; ++u) {
+        const u16v bits = m[u] ^ (~(u16v)((i16v)m[u] >> 15) | 0x8000);
+        const u16v out = (bits & ~nan[u]) | (nan[u] & qnan_bits);
+        std::memcpy(yb + o * g.c + c + u * L, &out, sizeof(out));
+      }
+    }
+  }
+  return c;
+}
+
+template <typename T>
+IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
+                                        int64_t ih1, u16v* __restrict__ cm, u16v* __restrict__ cn) {
+  static_assert(sizeof(T) == 2, "16-bit types only");
+  int64_t c = forward_cl_16bit_blocks<T, 2>(x, y, g, ih0, ih1, 0, cm, cn);
+  c = forward_cl_16bit_blocks<T, 1>(x, y, g, ih0, ih1, c, cm, cn);
+  forward_cl_scalar(x, y, g, ih0, ih1, c);
+}
+
+template <typename T>
+void forward_cl_rows(const T* xp, T* yp, const Pool& g, int64_t r0, int64_t r1, vec_t<float>* cm, mask_t* cn) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / g.oh, oh = r % g.oh;
+    int64_t ih0, ih1;
+    window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
+    const T* xb = xp + b * g.h * g.w * g.c;
+    T* yr = yp + (b * g.oh + oh) * g.ow * g.c;
+    if constexpr (sizeof(T) == 2) {
+      forward_cl_row_16bit(xb, yr, g, ih0, ih1, reinterpret_cast<u16v*>(cm), reinterpret_cast<u16v*>(cn));
+    } else if constexpr (std::is_same_v<T, float>) {
+      forward_cl_row(xb, yr, g, ih0, ih1, cm, cn);
+    } else {
+      forward_cl_scalar(xb, yr, g, ih0, ih1, 0);
     }
   }
 }
@@ -339,19 +452,19 @@ at::Tensor max_pool(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArr
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (cl) {
-      // One task per output row of an image: (kh rows of W x C) in, (OW x C) out.
+      // One task per output row of an image: (kh rows of W x C) in, (OW x C) out; each task's
+      // column maxima in a buffer of (W x 64 channels) it keeps for its rows.
       const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.ow * g.c));
       at::parallel_for(0, g.n * g.oh, grain, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / g.oh, oh = r % g.oh;
-          int64_t ih0, ih1;
-          window(oh, g.sh, g.ph, g.kh, g.h, ih0, ih1);
-          if constexpr (sizeof(scalar_t) == 2) {
-            forward_cl_row_16bit(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
-          } else {
-            forward_cl_row(xp + b * g.h * g.w * g.c, yp + (b * g.oh + oh) * g.ow * g.c, g, ih0, ih1);
-          }
-        }
+        // (64-byte entries, 16 floats or 32 16-bit keys, 4 a column; a thread's buffer only grows.
+        // Raw floats aligned by hand: a std::vector of a vector type loses the type's alignment.)
+        static thread_local std::vector<float> buf;
+        const size_t entries = static_cast<size_t>(g.w) * 4;
+        if (buf.size() < entries * 32 + 16) buf.resize(entries * 32 + 16);
+        const uintptr_t at = (reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63};
+        auto* cm = reinterpret_cast<vec_t<float>*>(at);
+        auto* cn = reinterpret_cast<mask_t*>(at + entries * 64);
+        forward_cl_rows(xp, yp, g, r0, r1, cm, cn);
       });
     } else {
       const int64_t grain = std::max<int64_t>(1, 16384 / (g.oh * g.ow));
