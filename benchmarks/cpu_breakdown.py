@@ -6,6 +6,7 @@ convolution is what a batch-1 forward can still lose against a runtime whose ker
     python benchmarks/cpu_breakdown.py --models googlenet inception_v3 --batch 1 --dtype bfloat16
 """
 import argparse
+import collections
 import copy
 import statistics
 import sys
@@ -45,17 +46,22 @@ def main(argv=None):
         om = optimize(model, dtype=dtype)
         for _ in range(3):
             om(x)
-        times = []
+        # a forward, then a timed replay, taking turns: a slow spell of the machine hits both alike
+        times, per_op, calls = [], collections.defaultdict(list), {}
         for _ in range(args.runs):
             t = time.perf_counter()
             om(x)
             times.append(time.perf_counter() - t)
+            for op, n, sec in om.op_times(x, runs=1):
+                per_op[op].append(sec)
+                calls[op] = n
         forward = statistics.median(times)
-        rows = om.op_times(x, runs=args.runs)
+        rows = sorted(((op, calls[op], statistics.median(v)) for op, v in per_op.items()), key=lambda r: -r[2])
         in_ops = sum(r[2] for r in rows)
         print(f"\n{name}: forward {forward * 1e3:.2f} ms ({100 * flops / forward / peak:.0f}% of peak; "
-              f"{flops / 1e9 / args.batch:.2f} GFLOP an image); its replayed ops {in_ops * 1e3:.2f} ms, the "
-              f"input conversion and float32 output {max(forward - in_ops, 0) * 1e3:.2f} ms")
+              f"{flops / 1e9 / args.batch:.2f} GFLOP an image); its replayed ops {in_ops * 1e3:.2f} ms (per-op "
+              f"medians; the {(forward - in_ops) * 1e3:+.2f} ms to the forward: the input conversion and float32 "
+              f"output outside the replay, and the spread of medians)")
         print(f"  {'op':44s} {'calls':>5s} {'ms':>8s} {'share':>6s}")
         for op, calls, sec in rows[:args.top]:
             print(f"  {op:44s} {calls:5d} {sec * 1e3:8.3f} {100 * sec / forward:5.1f}%")
