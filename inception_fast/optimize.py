@@ -636,7 +636,7 @@ class OptimizedModel(nn.Module):
         extra = (_settings_key(), self._switches())
         with self._scope(x):
             xin, _ = self._input(x)
-            for _ in range(3):  # the first call builds, the second records, the third runs the replay
+            for _ in range(2):  # the first call runs the modules (building what they build), the second records
                 if self._programs.get(xin, extra) is not None:
                     break
                 self._programs(xin, extra)

@@ -119,86 +119,115 @@ IF_INLINE void forward_cl_scalar(const T* __restrict__ x, T* __restrict__ y, con
   }
 }
 
-// float32: U vectors of 16 channels a block (U independent max chains).
-template <int U>
-IF_INLINE int64_t forward_cl_f32_blocks(const float* __restrict__ x, float* __restrict__ y, const Pool& g,
-                                        int64_t ih0, int64_t ih1, int64_t c, vec_t<float>* __restrict__ cm,
-                                        mask_t* __restrict__ cn) {
-  constexpr int64_t L = 16;
+// The element kinds of the vector paths: a vector V of L channels and its NaN mask M; take() folds
+// one tap into a running maximum (ties keep the first value), store() writes the result.
+struct F32Taps {  // float32, 16 channels a vector
+  using T = float;
+  using V = vec_t<float>;
+  using M = mask_t;
+  static constexpr int64_t L = 16;
+  static IF_INLINE V lowest() { return V{} + neg_inf<float>(); }
+  static IF_INLINE void fold(V v, M v_nan, V& m, M& nan) {
+    m = v > m ? v : m;
+    nan |= v_nan;
+  }
+  static IF_INLINE void take(const float* p, V& m, M& nan) {
+    const V v = load_vec(p);
+    fold(v, v != v, m, nan);
+  }
+  static IF_INLINE void store(float* p, V m, M nan) {
+    store_vec(p, nan ? V{} + std::numeric_limits<float>::quiet_NaN() : m);
+  }
+};
+
+// float16 / bfloat16: the maximum taken on the bits, 32 channels a vector, with no conversion to
+// float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders them as unsigned
+// integers in the order of their values (-0 below +0); NaN (exponent all ones, mantissa not 0) is
+// tracked apart and gives the quiet NaN.
+typedef uint16_t u16v __attribute__((vector_size(64)));
+typedef int16_t i16v __attribute__((vector_size(64)));
+
+template <typename T16>
+struct Bits16Taps {
+  static constexpr bool bf16 = std::is_same_v<T16, c10::BFloat16>;
+  static constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
+  static constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
+  using T = T16;
+  using V = u16v;  // keys
+  using M = u16v;
+  static constexpr int64_t L = 32;
+  static IF_INLINE V lowest() { return V{}; }  // 0: below every key
+  static IF_INLINE void fold(V v, M v_nan, V& m, M& nan) {
+    m = v > m ? v : m;
+    nan |= v_nan;
+  }
+  static IF_INLINE void take(const T16* p, V& m, M& nan) {
+    u16v b;
+    std::memcpy(&b, p, sizeof(b));
+    fold(b ^ ((u16v)((i16v)b >> 15) | 0x8000), (u16v)((b & 0x7FFF) > inf_bits), m, nan);
+  }
+  static IF_INLINE void store(T16* p, V m, M nan) {
+    const u16v bits = m ^ (~(u16v)((i16v)m >> 15) | 0x8000);
+    const u16v out = (bits & ~nan) | (nan & qnan_bits);
+    std::memcpy(p, &out, sizeof(out));
+  }
+};
+
+// Separable, U vectors a block of channels (U independent max chains); cm / cn: the block's column
+// maxima and NaN masks, U a column.
+template <typename Tr, int U>
+IF_INLINE int64_t forward_cl_separable(const typename Tr::T* __restrict__ x, typename Tr::T* __restrict__ y,
+                                       const Pool& g, int64_t ih0, int64_t ih1, int64_t c,
+                                       typename Tr::V* __restrict__ cm, typename Tr::M* __restrict__ cn) {
+  using V = typename Tr::V;
+  using M = typename Tr::M;
+  constexpr int64_t L = Tr::L;
   int64_t lo, hi;
   row_columns(g, lo, hi);
   for (; c + U * L <= g.c; c += U * L) {
     for (int64_t iw = lo; iw < hi; ++iw) {
-      vec_t<float> m[U];
-      mask_t nan[U];
-      for (int u = 0; u < U; ++u) {
-        m[u] = vec_t<float>{} + neg_inf<float>();
-        nan[u] = mask_t{};
-      }
-      for (int64_t ih = ih0; ih < ih1; ++ih) {
-        const float* tap = x + (ih * g.w + iw) * g.c + c;
-        for (int u = 0; u < U; ++u) {
-          const vec_t<float> v = load_vec(tap + u * L);
-          m[u] = v > m[u] ? v : m[u];
-          nan[u] |= v != v;
-        }
-      }
-      for (int u = 0; u < U; ++u) {
-        cm[(iw - lo) * U + u] = m[u];
-        cn[(iw - lo) * U + u] = nan[u];
-      }
+      V m[U];
+      M nan[U];
+      for (int u = 0; u < U; ++u) m[u] = Tr::lowest(), nan[u] = M{};
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int u = 0; u < U; ++u) Tr::take(x + (ih * g.w + iw) * g.c + c + u * L, m[u], nan[u]);
+      for (int u = 0; u < U; ++u) cm[(iw - lo) * U + u] = m[u], cn[(iw - lo) * U + u] = nan[u];
     }
     for (int64_t o = 0; o < g.ow; ++o) {
       int64_t iw0, iw1;
       window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
-      vec_t<float> m[U];
-      mask_t nan[U];
-      for (int u = 0; u < U; ++u) {
-        m[u] = cm[(iw0 - lo) * U + u];
-        nan[u] = cn[(iw0 - lo) * U + u];
-      }
+      V m[U];
+      M nan[U];
+      for (int u = 0; u < U; ++u) m[u] = cm[(iw0 - lo) * U + u], nan[u] = cn[(iw0 - lo) * U + u];
       for (int64_t iw = iw0 + 1; iw < iw1; ++iw)
-        for (int u = 0; u < U; ++u) {
-          const vec_t<float> v = cm[(iw - lo) * U + u];
-          m[u] = v > m[u] ? v : m[u];
-          nan[u] |= cn[(iw - lo) * U + u];
-        }
-      for (int u = 0; u < U; ++u)
-        store_vec(y + o * g.c + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+        for (int u = 0; u < U; ++u) Tr::fold(cm[(iw - lo) * U + u], cn[(iw - lo) * U + u], m[u], nan[u]);
+      for (int u = 0; u < U; ++u) Tr::store(y + o * g.c + c + u * L, m[u], nan[u]);
     }
   }
   return c;
 }
 
-// float32 with a horizontal stride: each window's taps directly (a 3x3/2 pool reads about as many
+// Each window's taps directly: float32 with a horizontal stride (a 3x3/2 pool reads about as many
 // taps an output either way, and the column buffer's traffic made the separable form 10-25% slower).
-template <int U>
-IF_INLINE int64_t forward_cl_f32_direct(const float* __restrict__ x, float* __restrict__ y, const Pool& g,
-                                        int64_t ih0, int64_t ih1, int64_t c0) {
-  constexpr int64_t L = 16;
+template <typename Tr, int U>
+IF_INLINE int64_t forward_cl_direct(const typename Tr::T* __restrict__ x, typename Tr::T* __restrict__ y,
+                                    const Pool& g, int64_t ih0, int64_t ih1, int64_t c0) {
+  using V = typename Tr::V;
+  using M = typename Tr::M;
+  constexpr int64_t L = Tr::L;
   int64_t end = c0;
   for (int64_t o = 0; o < g.ow; ++o) {
     int64_t iw0, iw1;
     window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
     int64_t c = c0;
     for (; c + U * L <= g.c; c += U * L) {
-      vec_t<float> m[U];
-      mask_t nan[U];
-      for (int u = 0; u < U; ++u) {
-        m[u] = vec_t<float>{} + neg_inf<float>();
-        nan[u] = mask_t{};
-      }
+      V m[U];
+      M nan[U];
+      for (int u = 0; u < U; ++u) m[u] = Tr::lowest(), nan[u] = M{};
       for (int64_t ih = ih0; ih < ih1; ++ih)
-        for (int64_t iw = iw0; iw < iw1; ++iw) {
-          const float* tap = x + (ih * g.w + iw) * g.c + c;
-          for (int u = 0; u < U; ++u) {
-            const vec_t<float> v = load_vec(tap + u * L);
-            m[u] = v > m[u] ? v : m[u];
-            nan[u] |= v != v;
-          }
-        }
-      for (int u = 0; u < U; ++u)
-        store_vec(y + o * g.c + c + u * L, nan[u] ? vec_t<float>{} + std::numeric_limits<float>::quiet_NaN() : m[u]);
+        for (int64_t iw = iw0; iw < iw1; ++iw)
+          for (int u = 0; u < U; ++u) Tr::take(x + (ih * g.w + iw) * g.c + c + u * L, m[u], nan[u]);
+      for (int u = 0; u < U; ++u) Tr::store(y + o * g.c + c + u * L, m[u], nan[u]);
     }
     end = c;
   }
@@ -209,82 +238,21 @@ IF_CPU_CLONES void forward_cl_row(const float* __restrict__ x, float* __restrict
                                   int64_t ih1, vec_t<float>* __restrict__ cm, mask_t* __restrict__ cn) {
   int64_t c = 0;
   if (g.sw == 1) {
-    c = forward_cl_f32_blocks<4>(x, y, g, ih0, ih1, c, cm, cn);
-    c = forward_cl_f32_blocks<1>(x, y, g, ih0, ih1, c, cm, cn);
+    c = forward_cl_separable<F32Taps, 4>(x, y, g, ih0, ih1, c, cm, cn);
+    c = forward_cl_separable<F32Taps, 1>(x, y, g, ih0, ih1, c, cm, cn);
   } else {
-    c = forward_cl_f32_direct<4>(x, y, g, ih0, ih1, c);
-    c = forward_cl_f32_direct<1>(x, y, g, ih0, ih1, c);
+    c = forward_cl_direct<F32Taps, 4>(x, y, g, ih0, ih1, c);
+    c = forward_cl_direct<F32Taps, 1>(x, y, g, ih0, ih1, c);
   }
   forward_cl_scalar(x, y, g, ih0, ih1, c);
-}
-
-// float16 / bfloat16: the maximum taken on the bits, 32 channels a vector, with no conversion to
-// float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders them as unsigned
-// integers in the order of their values (-0 below +0); NaN (exponent all ones, mantissa not 0) is
-// tracked apart and gives the quiet NaN.
-typedef uint16_t u16v __attribute__((vector_size(64)));
-typedef int16_t i16v __attribute__((vector_size(64)));
-
-template <typename T, int U>
-IF_INLINE int64_t forward_cl_16bit_blocks(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
-                                          int64_t ih1, int64_t c, u16v* __restrict__ cm, u16v* __restrict__ cn) {
-  constexpr bool bf16 = std::is_same_v<T, c10::BFloat16>;
-  constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
-  constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
-  constexpr int64_t L = 32;
-  const uint16_t* xb = reinterpret_cast<const uint16_t*>(x);
-  uint16_t* yb = reinterpret_cast<uint16_t*>(y);
-  int64_t lo, hi;
-  row_columns(g, lo, hi);
-  for (; c + U * L <= g.c; c += U * L) {
-    for (int64_t iw = lo; iw < hi; ++iw) {
-      u16v m[U], nan[U];
-      for (int u = 0; u < U; ++u) m[u] = nan[u] = u16v{};  // 0: below every key
-      for (int64_t ih = ih0; ih < ih1; ++ih) {
-        const uint16_t* tap = xb + (ih * g.w + iw) * g.c + c;
-        for (int u = 0; u < U; ++u) {
-          u16v b;
-          std::memcpy(&b, tap + u * L, sizeof(b));
-          const u16v key = b ^ ((u16v)((i16v)b >> 15) | 0x8000);
-          m[u] = key > m[u] ? key : m[u];
-          nan[u] |= (u16v)((b & 0x7FFF) > inf_bits);
-        }
-      }
-      for (int u = 0; u < U; ++u) {
-        cm[(iw - lo) * U + u] = m[u];
-        cn[(iw - lo) * U + u] = nan[u];
-      }
-    }
-    for (int64_t o = 0; o < g.ow; ++o) {
-      int64_t iw0, iw1;
-      window(o, g.sw, g.pw, g.kw, g.w, iw0, iw1);
-      u16v m[U], nan[U];
-      for (int u = 0; u < U; ++u) {
-        m[u] = cm[(iw0 - lo) * U + u];
-        nan[u] = cn[(iw0 - lo) * U + u];
-      }
-      for (int64_t iw = iw0 + 1; iw < iw1; ++iw)
-        for (int u = 0; u < U; ++u) {
-          const u16v v = cm[(iw - lo) * U + u];
-          m[u] = v > m[u] ? v : m[u];
-          nan[u] |= cn[(iw - lo) * U + u];
-        }
-      for (int u = 0; u < U; ++u) {
-        const u16v bits = m[u] ^ (~(u16v)((i16v)m[u] >> 15) | 0x8000);
-        const u16v out = (bits & ~nan[u]) | (nan[u] & qnan_bits);
-        std::memcpy(yb + o * g.c + c + u * L, &out, sizeof(out));
-      }
-    }
-  }
-  return c;
 }
 
 template <typename T>
 IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__ y, const Pool& g, int64_t ih0,
                                         int64_t ih1, u16v* __restrict__ cm, u16v* __restrict__ cn) {
   static_assert(sizeof(T) == 2, "16-bit types only");
-  int64_t c = forward_cl_16bit_blocks<T, 2>(x, y, g, ih0, ih1, 0, cm, cn);
-  c = forward_cl_16bit_blocks<T, 1>(x, y, g, ih0, ih1, c, cm, cn);
+  int64_t c = forward_cl_separable<Bits16Taps<T>, 2>(x, y, g, ih0, ih1, 0, cm, cn);
+  c = forward_cl_separable<Bits16Taps<T>, 1>(x, y, g, ih0, ih1, c, cm, cn);
   forward_cl_scalar(x, y, g, ih0, ih1, c);
 }
 
