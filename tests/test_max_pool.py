@@ -1,8 +1,9 @@
 """max_pool (2-D max pooling without the index tensor, CPU) vs ATen's F.max_pool2d: the output bit
-for bit (a maximum is exact in any dtype) and the gradient routed to the same element (ties, NaN,
--inf windows included), fp32/fp16/bf16/fp64, NCHW and channels_last, channel counts that are not
-multiples of the vector width, every pool of the six models and odd ones (ceil_mode, padding,
-unequal kernels and strides); gradcheck; opcheck; where the models use it; bad input."""
+for bit (a maximum is exact in any dtype; on maps of zeros of both signs, the values) and the
+gradient routed to the same element (ties, NaN, -inf windows included), fp32/fp16/bf16/fp64, NCHW
+and channels_last, channel counts that are not multiples of the vector width, every pool of the six
+models and odd ones (ceil_mode, padding, unequal kernels and strides); gradcheck; opcheck; where the
+models use it; bad input."""
 import pytest
 import torch
 import torch.nn.functional as F

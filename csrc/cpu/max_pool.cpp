@@ -4,13 +4,15 @@
 // Why: ATen's CPU max_pool2d always computes the argmax indices (int64, twice the bytes of a float
 // output) and scans the window a channel at a time; on the maps of GoogLeNet (each Inception
 // block's 3x3/1 pool branch, the stem's 3x3/2 pools) it ran at 1/10 to 1/20 of the memory
-// bandwidth and took 13% of optimize(googlenet)'s time (2-core Zen 4, batch 8). Here a window's
-// taps are vectors of 16 channels (channels_last) or runs of output columns (NCHW), and the
-// backward recomputes the argmax from x instead of keeping indices.
+// bandwidth and took 13% of optimize(googlenet)'s time (2-core Zen 4, batch 8). Here the taps
+// are vectors of 16 or 32 channels (channels_last; pooled separably, rows then columns, below) or
+// runs of output columns (NCHW), and the backward recomputes the argmax from x instead of keeping
+// indices.
 //
-// Semantics are ATen's exactly: the output size (ceil_mode: the last window must start inside the
-// input or its left padding), padding never wins (it is skipped, not -inf), NaN propagates, and
-// the gradient goes to the position ATen's index would name: scanning the window row by row, an
+// Semantics are ATen's: the output size (ceil_mode: the last window must start inside the input or
+// its left padding), padding never wins (it is skipped, not -inf), NaN propagates, the values are
+// ATen's (only the sign of a zero maximum held as both -0 and +0 can differ, see below), and the
+// gradient goes to the position ATen's index would name: scanning the window row by row, an
 // element replaces the running maximum when it is greater or NaN (so the first of tied maxima).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -86,11 +88,12 @@ IF_INLINE bool takes(A v, A m) {
 // ---- channels_last: rows of C channels; a window's taps are whole rows of vectors of channels ----
 //
 // Separable (16-bit types, and float32 at horizontal stride 1): for an output row, first the maximum
-// over the window's rows for every input column the row's windows read (the column maxima, kept per block of channels in a small buffer), then each
-// output's maximum over its window's columns: kh + kw - 2 comparisons an output instead of
-// kh * kw - 1 (a 3x3/1 pool: 4 instead of 8). NaN is tracked beside the maximum and gives the quiet
-// NaN. Ties keep the first value met, so where a window's maximum is a zero held with both signs
-// (-0 and +0), the sign can differ from ATen's row-by-row scan; the value never does.
+// over the window's rows for every input column the row's windows read (the column maxima, kept
+// per block of channels in a small buffer), then each output's maximum over its window's columns:
+// kh + kw - 2 comparisons an output instead of kh * kw - 1 (a 3x3/1 pool: 4 instead of 8). NaN is
+// tracked beside the maximum and gives the quiet NaN. Ties keep the first value met, so where a
+// window's maximum is a zero held with both signs (-0 and +0), the sign can differ from ATen's
+// row-by-row scan; the value never does.
 
 // The input columns [lo, hi) that some window of the row reads.
 IF_INLINE void row_columns(const Pool& g, int64_t& lo, int64_t& hi) {

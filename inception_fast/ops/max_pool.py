@@ -2,11 +2,13 @@
 
 ATen's CPU max_pool2d always computes int64 argmax indices and scans each window one channel at a
 time: on GoogLeNet's maps (the 3x3/1 pool branch of every Inception block, the stem's 3x3/2 pools)
-it runs at 1/10-1/20 of the memory bandwidth. This kernel takes a window's taps 16 channels at a
-time (channels_last) or a run of output columns at a time (NCHW), and its backward recomputes
-each window's argmax from x rather than storing indices. The semantics are ATen's: output size
-with ceil_mode, padding skipped, NaN propagated, and the gradient routed to the element ATen's
-index names (the first maximum in row-major window order).
+it runs at 1/10-1/20 of the memory bandwidth. This kernel takes 16 or 32 channels at a time
+(channels_last, the window's rows then its columns: kh + kw - 2 comparisons an output) or a run of
+output columns at a time (NCHW), and its backward recomputes each window's argmax from x rather
+than storing indices. The semantics are ATen's: output size with ceil_mode, padding skipped, NaN
+propagated, ATen's values (where a window's maximum is a zero held as both -0 and +0, the sign can
+differ), and the gradient routed to the element ATen's index names (the first maximum in row-major
+window order).
 
 C++ kernels for the CPU (csrc/cpu/max_pool.cpp), autograd in C++ (csrc/autograd/max_pool.cpp). On
 other devices (cuDNN's pooling is the fast one there) or without the compiled extension it is
