@@ -87,7 +87,7 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # -- one model ---------------------------------------------------------------------------------
-def _build(name: str, device: str, channels_last: bool, contestants=CONTESTANTS):
+def _build(name: str, device: str, channels_last: bool, contestants=CONTESTANTS, compile_backend: str = "inductor"):
     from inception_fast import models
 
     torch.manual_seed(0)
@@ -103,13 +103,16 @@ def _build(name: str, device: str, channels_last: bool, contestants=CONTESTANTS)
         base = base.to(memory_format=torch.channels_last)
     nets = {c: copy.deepcopy(base).set_fused(c == "fused") for c in contestants}
     if "compile" in nets:  # compiled on its first call, which is the warm-up
-        nets["compile"] = compile_as_users_do(nets["compile"], device)
+        nets["compile"] = compile_as_users_do(nets["compile"], device, compile_backend)
     return nets
 
 
-def compile_as_users_do(net, device: str):
+def compile_as_users_do(net, device: str, backend: str = "inductor"):
     """torch.compile as users reach for it: max-autotune on a GPU, the default on the CPU (where
-    max-autotune's template search takes minutes per model for a few percent)."""
+    max-autotune's template search takes minutes per model for a few percent). Another backend
+    (aot_eager: the graph capture without inductor's code generation) takes no mode."""
+    if backend != "inductor":
+        return torch.compile(net, backend=backend)
     return torch.compile(net, mode="max-autotune" if device == "cuda" else None)
 
 
@@ -138,10 +141,10 @@ def _interleaved(fns: dict, rounds: int, device: str) -> dict:
 
 
 def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size: int, rounds: int,
-                    channels_last: bool = False, contestants=CONTESTANTS) -> list[Result]:
+                    channels_last: bool = False, contestants=CONTESTANTS, compile_backend: str = "inductor") -> list[Result]:
     from inception_fast import optimize
 
-    built = _build(name, device, channels_last, contestants)
+    built = _build(name, device, channels_last, contestants, compile_backend)
     # optimize() folds the float32 weights, then runs in dtype (before .to(dtype) converts in place)
     optimized = optimize(built["eager"].eval(), dtype=dtype)
     nets = {c: n.eval().to(dtype) for c, n in built.items()}
@@ -160,9 +163,10 @@ def bench_inference(name: str, device: str, dtype: torch.dtype, batch: int, size
 
 
 def bench_training(name: str, device: str, dtype: torch.dtype, batch: int, size: int, rounds: int,
-                   channels_last: bool = False, contestants=CONTESTANTS) -> list[Result]:
+                   channels_last: bool = False, contestants=CONTESTANTS, compile_backend: str = "inductor") -> list[Result]:
     """forward + backward + SGD step; float32 weights, autocast to dtype when it is not float32."""
-    nets = {c: without_dropout(n.train()) for c, n in _build(name, device, channels_last, contestants).items()}
+    nets = {c: without_dropout(n.train())
+            for c, n in _build(name, device, channels_last, contestants, compile_backend).items()}
     opts = {c: torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for c, n in nets.items()}
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
@@ -198,7 +202,7 @@ def native_size(name: str) -> int:
 def run(model_names, device: str = "cpu", dtype: torch.dtype | None = None, batch: int | None = None,
         train_batch: int | None = None, size: int | None = None, train_size: int | None = None,
         rounds: int | None = None, channels_last: bool | None = None, kinds=("inference", "training step"),
-        progress: bool = True, compile: bool = False) -> dict:
+        progress: bool = True, compile: bool = False, compile_backend: str = "inductor") -> dict:
     """Benchmark the models; returns {"machine": ..., "settings": ..., "results": [Result as dict]}."""
     gpu = device == "cuda"
     dtype = dtype or (torch.bfloat16 if gpu else torch.float32)
@@ -214,15 +218,17 @@ def run(model_names, device: str = "cpu", dtype: torch.dtype | None = None, batc
         bar.set_description(f"{name} {kind}")
         if kind == "inference":
             results += bench_inference(name, device, dtype, batch, size or native_size(name), rounds, channels_last,
-                                       contestants)
+                                       contestants, compile_backend)
         else:
             side = train_size or SMALL_SIZE.get(name, DEFAULT_SMALL)
-            results += bench_training(name, device, dtype, train_batch, side, rounds, channels_last, contestants)
+            results += bench_training(name, device, dtype, train_batch, side, rounds, channels_last, contestants,
+                                      compile_backend)
         bar.update(1)
     bar.close()
     return {"machine": machine_info(device),
             "settings": {"rounds": rounds, "order": "interleaved", "dtype": str(dtype).split(".")[-1],
-                         "channels_last": channels_last, "contestants": list(contestants)},
+                         "channels_last": channels_last, "contestants": list(contestants),
+                         **({"compile_backend": compile_backend} if compile else {})},
             "results": [dict(dataclasses.asdict(r), images_per_s=r.images_per_s) for r in results]}
 
 
@@ -379,6 +385,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the reference path (mode max-autotune on a GPU); compiling takes "
                         "minutes per model")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile's backend for --compile (default inductor; aot_eager captures the graph "
+                        "without generating code)")
     p.add_argument("--json", default=None, help="also write the results (with the machine) to this JSON file")
     p.add_argument("--no-progress", action="store_true")
 
@@ -390,7 +399,7 @@ def bench_main(args: argparse.Namespace) -> int:
     kinds = {"inference": ("inference",), "training": ("training step",)}.get(args.only, ("inference", "training step"))
     data = run(args.models or list_models(), device, getattr(torch, args.dtype) if args.dtype else None,
                args.batch, args.train_batch, args.size, args.train_size, args.rounds, args.channels_last, kinds,
-               progress=not args.no_progress, compile=args.compile)
+               progress=not args.no_progress, compile=args.compile, compile_backend=args.compile_backend)
     results = [Result(**{k: v for k, v in r.items() if k != "images_per_s"}) for r in data["results"]]
     print(markdown_table(results, data["machine"]), end="")
     if args.json:

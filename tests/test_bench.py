@@ -30,13 +30,17 @@ def test_bench_runs_both_paths_and_records_the_machine(tmp_path):
 
 
 def test_bench_compile_contestant(tmp_path, capsys):
+    # The contestant's plumbing through aot_eager (graph capture, no code generation: seconds, not
+    # the minute inductor takes here); test_models.py runs a model through inductor end to end.
     out = tmp_path / "run.json"
     assert bench.main(["bench", "--models", "googlenet", "--batch", "2", "--size", "32", "--rounds", "1",
-                       "--only", "inference", "--compile", "--json", str(out), "--no-progress"]) == 0
+                       "--only", "inference", "--compile", "--compile-backend", "aot_eager", "--json", str(out),
+                       "--no-progress"]) == 0
     data = json.loads(out.read_text())
     rows = {r["contestant"]: r for r in data["results"]}
     assert set(rows) == {"eager", "fused", "compile", "optimized"}
     assert data["settings"]["contestants"] == ["eager", "fused", "compile"]
+    assert data["settings"]["compile_backend"] == "aot_eager"
     assert 0.0 <= rows["compile"]["rel_err"] < 1e-4
     table = capsys.readouterr().out
     assert "compile vs eager" in table and "compile rel. err" in table and "fused rel. err" in table
