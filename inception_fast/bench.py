@@ -385,7 +385,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the reference path (mode max-autotune on a GPU); compiling takes "
                         "minutes per model")
-    p.add_argument("--compile-backend", default="inductor",
+    p.add_argument("--compile-backend", default=None,
                    help="torch.compile's backend (implies --compile; default inductor; aot_eager captures the "
                         "graph without generating code)")
     p.add_argument("--json", default=None, help="also write the results (with the machine) to this JSON file")
@@ -399,8 +399,8 @@ def bench_main(args: argparse.Namespace) -> int:
     kinds = {"inference": ("inference",), "training": ("training step",)}.get(args.only, ("inference", "training step"))
     data = run(args.models or list_models(), device, getattr(torch, args.dtype) if args.dtype else None,
                args.batch, args.train_batch, args.size, args.train_size, args.rounds, args.channels_last, kinds,
-               progress=not args.no_progress, compile=args.compile or args.compile_backend != "inductor",
-               compile_backend=args.compile_backend)
+               progress=not args.no_progress, compile=args.compile or args.compile_backend is not None,
+               compile_backend=args.compile_backend or "inductor")
     results = [Result(**{k: v for k, v in r.items() if k != "images_per_s"}) for r in data["results"]]
     print(markdown_table(results, data["machine"]), end="")
     if args.json:
