@@ -103,6 +103,9 @@ TORCH_LIBRARY(inception_fast, m) {
   // stride 1, padding 1, count_include_pad) + bias) in one pass, channels_last, r's dtype (float32,
   // bfloat16, float16); bias a vector of r's channels (any float dtype) or None.
   m.def("avg_pool3x3_bias_relu(Tensor r, Tensor? bias, bool count_include_pad) -> Tensor");
+  // torch.cat(xs, 1) for 4-D tensors of one dtype, batch and spatial size, the output channels_last:
+  // optimize()'s concatenation of an Inception block's branches (inference; no autograd).
+  m.def("channel_cat(Tensor[] xs) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
   // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.

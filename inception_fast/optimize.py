@@ -246,7 +246,19 @@ class _Fork(nn.Module):
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([_run(b, x) for b in self.branches], 1)
+        return _cat([_run(b, x) for b in self.branches])
+
+
+# Whether a block's branches are concatenated by ops.channel_cat on the CPU (one pass, channels_last)
+# rather than torch.cat; read when a forward is recorded (for A/B checks).
+use_channel_cat = True
+
+
+def _cat(outs: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(outs, 1); on the CPU, channels_last, through ops.channel_cat."""
+    if use_channel_cat and outs[0].device.type == "cpu" and all(o.dim() == 4 and o.stride(1) == 1 for o in outs):
+        return ops.channel_cat(outs)
+    return torch.cat(outs, 1)
 
 
 def _run(steps: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -399,7 +411,7 @@ class FusedBranches(nn.Module):
 
     def _concatenated(self, x: torch.Tensor) -> torch.Tensor:
         y = self._branch_conv(x)
-        return torch.cat(self.branch_outputs(x), 1) if y is None else y
+        return _cat(self.branch_outputs(x)) if y is None else y
 
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         pieces = iter(self.merged(x).split(self.sizes, 1) if self.merged is not None else ())

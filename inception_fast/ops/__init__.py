@@ -4,6 +4,7 @@ from inception_fast.ops._backend import (BACKENDS, available_backends, get_backe
                                          use_backend)
 from inception_fast.ops.avg_pool_bias_relu import avg_pool3x3_bias_relu, avg_pool3x3_bias_relu_reference
 from inception_fast.ops.branch_conv import branch_conv, branch_conv_reference
+from inception_fast.ops.channel_cat import channel_cat, channel_cat_reference
 from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with_stats, bn_stats,
                                         combine_stats)
 from inception_fast.ops.conv1x1 import conv1x1, conv1x1_reference
@@ -20,4 +21,5 @@ __all__ = [
     "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference", "branch_conv",
     "branch_conv_reference", "prepare_input", "prepare_input_reference", "onednn_conv", "onednn_conv_pack",
     "onednn_conv_reference", "avg_pool3x3_bias_relu", "avg_pool3x3_bias_relu_reference",
+    "channel_cat", "channel_cat_reference",
 ]
