@@ -165,3 +165,28 @@ def test_scaled_residual_add(benchmark, pair, layout, shape, mode):
                 fn(xr, rr).backward(g)
 
             run(benchmark, step, device, contestant=name, bytes=traffic)
+
+
+# ---- channel_cat -----------------------------------------------------------------------------------
+# An Inception block's concatenation as optimize() runs it (channels_last, inference): Inception-v3's
+# Mixed_5b (35x35, 64+64+96+32) and Mixed_6b (17x17, 4 x 192), Inception-ResNet-v2's Block8 (8x8,
+# 192+256), at batch 1 and 8. eager = torch.cat; copy = the output copied, the floor.
+CAT_CASES = [(1, 35, (64, 64, 96, 32)), (8, 17, (192, 192, 192, 192))] if QUICK else \
+    [(1, 35, (64, 64, 96, 32)), (1, 17, (192, 192, 192, 192)), (1, 8, (192, 256)),
+     (8, 35, (64, 64, 96, 32)), (8, 17, (192, 192, 192, 192))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("contestant", ["eager", "copy", "fused-cpu"])
+@pytest.mark.parametrize("case", CAT_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[1]}-{'+'.join(map(str, c[2]))}")
+def test_channel_cat(benchmark, case, contestant, dtype):
+    if "cpu" not in devices():
+        pytest.skip("channel_cat's kernel is the CPU's")
+    n, hw, channels = case
+    xs = [torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last) for c in channels]
+    out = torch.cat(xs, 1)
+    nbytes = out.numel() * out.element_size()
+    benchmark.group = f"channel_cat {n}x{hw}x{hw} {'+'.join(map(str, channels))} cl {str(dtype).split('.')[-1]} cpu"
+    fn = {"eager": lambda: torch.cat(xs, 1), "copy": lambda: out.clone(), "fused-cpu": lambda: ops.channel_cat(xs)}
+    with torch.no_grad():
+        run(benchmark, fn[contestant], "cpu", contestant=contestant, bytes=2 * nbytes)
