@@ -106,6 +106,9 @@ TORCH_LIBRARY(inception_fast, m) {
   // torch.cat(xs, 1) for 4-D tensors of one dtype, batch and spatial size, the output channels_last:
   // optimize()'s concatenation of an Inception block's branches (inference; no autograd).
   m.def("channel_cat(Tensor[] xs) -> Tensor");
+  // The classifier's pooling: y[n, c] = mean of x[n, c, :, :] for a 4-D float map (any strides),
+  // summed in float32 (float64 for float64) and rounded once to x's dtype; y is (N, C), contiguous.
+  m.def("global_avg_pool(Tensor x) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
   // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.

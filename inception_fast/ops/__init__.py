@@ -9,6 +9,7 @@ from inception_fast.ops.bn_relu import (bn_relu, bn_relu_reference, bn_relu_with
                                         combine_stats)
 from inception_fast.ops.conv1x1 import conv1x1, conv1x1_reference
 from inception_fast.ops.conv_im2col import conv_im2col, conv_im2col_reference
+from inception_fast.ops.global_avg_pool import global_avg_pool, global_avg_pool_reference
 from inception_fast.ops.max_pool import max_pool, max_pool_reference
 from inception_fast.ops.onednn_conv import onednn_conv, onednn_conv_pack, onednn_conv_reference
 from inception_fast.ops.prepare_input import prepare_input, prepare_input_reference
@@ -21,5 +22,5 @@ __all__ = [
     "conv_im2col", "conv_im2col_reference", "max_pool", "max_pool_reference", "branch_conv",
     "branch_conv_reference", "prepare_input", "prepare_input_reference", "onednn_conv", "onednn_conv_pack",
     "onednn_conv_reference", "avg_pool3x3_bias_relu", "avg_pool3x3_bias_relu_reference",
-    "channel_cat", "channel_cat_reference",
+    "channel_cat", "channel_cat_reference", "global_avg_pool", "global_avg_pool_reference",
 ]
