@@ -143,35 +143,38 @@ struct F32Taps {  // float32, 16 channels a vector
   }
 };
 
-// float16 / bfloat16: the maximum taken on the bits, 32 channels a vector, with no conversion to
-// float. Both are sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders them as unsigned
-// integers in the order of their values (-0 below +0); NaN (exponent all ones, mantissa not 0) is
-// tracked apart and gives the quiet NaN.
+// float16 / bfloat16: the maximum taken on the bits, 32 channels a vector (16 in the half-width
+// form, for a block of 16 channels after the whole vectors), with no conversion to float. Both are
+// sign-magnitude, so key = bits ^ (sign ? 0xFFFF : 0x8000) orders them as unsigned integers in the
+// order of their values (-0 below +0); NaN (exponent all ones, mantissa not 0) is tracked apart and
+// gives the quiet NaN.
 typedef uint16_t u16v __attribute__((vector_size(64)));
 typedef int16_t i16v __attribute__((vector_size(64)));
+typedef uint16_t u16h __attribute__((vector_size(32), may_alias));  // the half-width form
+typedef int16_t i16h __attribute__((vector_size(32)));
 
-template <typename T16>
+template <typename T16, typename U = u16v, typename I = i16v>
 struct Bits16Taps {
   static constexpr bool bf16 = std::is_same_v<T16, c10::BFloat16>;
   static constexpr uint16_t inf_bits = bf16 ? 0x7F80 : 0x7C00;  // |bits| above this is a NaN
   static constexpr uint16_t qnan_bits = bf16 ? 0x7FC0 : 0x7E00;
   using T = T16;
-  using V = u16v;  // keys
-  using M = u16v;
-  static constexpr int64_t L = 32;
+  using V = U;  // keys
+  using M = U;
+  static constexpr int64_t L = sizeof(U) / sizeof(uint16_t);
   static IF_INLINE V lowest() { return V{}; }  // 0: below every key
   static IF_INLINE void fold(V v, M v_nan, V& m, M& nan) {
     m = v > m ? v : m;
     nan |= v_nan;
   }
   static IF_INLINE void take(const T16* p, V& m, M& nan) {
-    u16v b;
+    U b;
     std::memcpy(&b, p, sizeof(b));
-    fold(b ^ ((u16v)((i16v)b >> 15) | 0x8000), (u16v)((b & 0x7FFF) > inf_bits), m, nan);
+    fold(b ^ ((U)((I)b >> 15) | 0x8000), (U)((b & 0x7FFF) > inf_bits), m, nan);
   }
   static IF_INLINE void store(T16* p, V m, M nan) {
-    const u16v bits = m ^ (~(u16v)((i16v)m >> 15) | 0x8000);
-    const u16v out = (bits & ~nan) | (nan & qnan_bits);
+    const U bits = m ^ (~(U)((I)m >> 15) | 0x8000);
+    const U out = (bits & ~nan) | (nan & qnan_bits);
     std::memcpy(p, &out, sizeof(out));
   }
 };
@@ -256,6 +259,9 @@ IF_CPU_CLONES void forward_cl_row_16bit(const T* __restrict__ x, T* __restrict__
   static_assert(sizeof(T) == 2, "16-bit types only");
   int64_t c = forward_cl_separable<Bits16Taps<T>, 2>(x, y, g, ih0, ih1, 0, cm, cn);
   c = forward_cl_separable<Bits16Taps<T>, 1>(x, y, g, ih0, ih1, c, cm, cn);
+  // a block of 16 channels left (GoogLeNet's 528): half-width vectors, not the scalar loop (2x faster)
+  c = forward_cl_separable<Bits16Taps<T, u16h, i16h>, 1>(x, y, g, ih0, ih1, c, reinterpret_cast<u16h*>(cm),
+                                                          reinterpret_cast<u16h*>(cn));
   forward_cl_scalar(x, y, g, ih0, ih1, c);
 }
 
