@@ -619,11 +619,15 @@ class OptimizedModel(nn.Module):
         # forward's CUDA graphs and CPU programs (not state: dropped on copy, made again on use)
         self._graphs = _CudaGraphs(self._run) if cuda_graph else None
         self._programs = Programs(model, self._run) if replay else None
+        # (input shape, dtype, settings) -> the native program that runs the whole CPU forward
+        # (Replay.run_model); filled when a forward finds its recording
+        self._whole: dict = {}
 
     def __getstate__(self):
         state = super().__getstate__()
         state["_graphs"] = None  # CUDA graphs do not copy or pickle: captured again on use
         state["_programs"] = None  # nor do recorded programs (they hold the modules' tensors)
+        state["_whole"] = {}
         state.pop("_fused_branches", None)
         return state
 
@@ -632,6 +636,7 @@ class OptimizedModel(nn.Module):
         if self.cuda_graph:
             self._graphs = _CudaGraphs(self._run)
         self._programs = Programs(self.model, self._run) if state.get("replay", True) else None
+        self._whole = {}
 
     def _run(self, x: torch.Tensor):
         return self.model(x)
@@ -695,6 +700,14 @@ class OptimizedModel(nn.Module):
         return stack
 
     def forward(self, x: torch.Tensor):
+        if self._whole and type(x) is torch.Tensor and x.is_cpu:
+            # A CPU input of a shape and dtype whose forward was recorded: the input conversion, the
+            # recorded ops and the float32 output in one C++ call (Replay.run_model), unless hooks
+            # were registered since (the model then runs as it is, hooks called).
+            extra = (_settings_key(), self._switches())
+            native = self._whole.get((x.shape, x.dtype, extra))
+            if native is not None and not self._programs.hooked():
+                return native.run_model(x, self.dtype, self.channels_last)
         with self._scope(x):
             xin, nan_rows = self._input(x)
             # (A graph is captured after two eager warm-up runs, which check the input as forward does;
@@ -702,10 +715,23 @@ class OptimizedModel(nn.Module):
             if self._graphs is not None and xin.is_cuda:
                 y = self._graphs(xin)
             elif self._programs is not None and xin.device.type == "cpu":
-                y = self._programs(xin, (_settings_key(), self._switches()))
+                extra = (_settings_key(), self._switches())
+                y = self._programs(xin, extra)
+                self._keep_whole(x, xin, extra)
             else:
                 y = self.model(xin)
             return self._output(y, nan_rows)
+
+    def _keep_whole(self, x: torch.Tensor, xin: torch.Tensor, extra) -> None:
+        """Keep the native program of x's recorded forward for forward's one-call path, where it can
+        run it: one output, the conversion on the prepare_input op, the memory pool there."""
+        prog = self._programs.get(xin, extra)
+        if prog is None or prog.native is None or prog.out_kind is not None or not memory.available() \
+                or _backend.resolve(x, "prepare_input") == "reference":
+            return
+        if len(self._whole) >= 8:  # a model fed many shapes keeps the latest few
+            self._whole.clear()
+        self._whole[(x.shape, x.dtype, extra)] = prog.native
 
     def op_times(self, x: torch.Tensor, runs: int = 20) -> list[tuple[str, int, float]]:
         """Where a CPU forward on x spends its time: (op, calls a forward, median seconds a forward),

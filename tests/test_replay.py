@@ -64,12 +64,50 @@ def test_hooks_see_their_calls():
     x = torch.randn(1, 3, 64, 64)
     fast(x), fast(x)
     assert len(fast._programs.programs) == 1
+    assert fast._whole  # the forward is on the one-call path (Replay.run_model)
     seen = []
     handle = fast.model.inception3a.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     y = fast(x)
     assert len(seen) == 1
     handle.remove()
     assert torch.equal(fast(x), y) and len(seen) == 1
+    pre = fast.model.conv1.register_forward_pre_hook(lambda m, i: seen.append("pre"))
+    fast(x)
+    pre.remove()
+    glob = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append("global"))
+    try:
+        fast(x)
+    finally:
+        glob.remove()
+    assert seen.count("pre") == 1 and seen.count("global") > 10
+    assert torch.equal(fast(x), y) and len(seen) == 2 + seen.count("global")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_one_call_forward_gives_the_modules_bits(dtype):
+    # Replay.run_model: the input conversion, the recorded ops and the float32 output (NaN put back
+    # into the rows of images that held one) in one C++ call, once a shape's forward is recorded
+    model = _googlenet()
+    fast, plain = optimize(model, dtype=dtype), optimize(model, dtype=dtype, replay=False)
+    gen = torch.Generator().manual_seed(2)
+    for call in range(4):
+        x = torch.randn(3, 3, 80, 72, generator=gen)
+        if call == 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if call == 3:
+            x[1, 2, 5, 7] = float("nan")
+        y = fast(x)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, plain(x), rtol=0, atol=0, equal_nan=True, msg=f"call {call}")
+    assert len(fast._whole) == 1
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[[0, 2]]).any()
+    # another shape and another dtype of the same shape take the recorded path first, then their own
+    for x in (torch.randn(1, 3, 64, 64, generator=gen), torch.randn(3, 3, 80, 72, generator=gen).double()):
+        for _ in range(3):
+            assert torch.equal(fast(x), plain(x))
+    assert len(fast._whole) == 3
+    with pytest.raises(TypeError, match="floating-point"):
+        fast(torch.ones(3, 3, 80, 72, dtype=torch.int64))
 
 
 def test_a_settings_change_records_a_new_program():
