@@ -109,6 +109,10 @@ TORCH_LIBRARY(inception_fast, m) {
   // The classifier's pooling: y[n, c] = mean of x[n, c, :, :] for a 4-D float map (any strides),
   // summed in float32 (float64 for float64) and rounded once to x's dtype; y is (N, C), contiguous.
   m.def("global_avg_pool(Tensor x) -> Tensor");
+  // A 3x3 convolution, stride 1, padding 0 or 1, as Winograd's F(2x2, 3x3) (csrc/cpu/winograd.cpp):
+  // x (N, C, H, W) float32, u (16, C, K) the weight transformed by winograd_weight, bias (K) or None;
+  // y = act(conv2d(x, weight, bias, 1, padding)) channels_last, act ReLU when relu (NaN kept).
+  m.def("winograd_conv3x3(Tensor x, Tensor u, Tensor? bias, int padding, bool relu) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
   // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.

@@ -109,6 +109,10 @@ class FoldedConv(nn.Module):
     # optimize(cudnn_fused=True); off by default until timed on a GPU (the GPU check's model
     # benchmarks time both, "optimize_graph" and "optimize_cudnn_fused").
     cudnn_fused: bool = False
+    # On the CPU in float32, the 3x3 stride-1 convolutions as Winograd's F(2x2, 3x3)
+    # (ops.winograd_conv3x3: 2.25x fewer multiply-adds, two transform passes) where _winograd_pays
+    # says it measured faster than oneDNN's direct convolution. Read when a forward is recorded.
+    use_winograd: bool = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d, relu: bool = True):
         super().__init__()
@@ -158,8 +162,40 @@ class FoldedConv(nn.Module):
                 w, list(x.shape), self.stride, self.padding, True, post_op)
         return packed
 
+    def _winograd_pays(self, x: torch.Tensor) -> bool:
+        """Whether this convolution on x runs as ops.winograd_conv3x3: a float32 CPU 3x3 convolution,
+        stride 1, padding 0 or 1, whose channels make the saved multiply-adds outweigh the transforms
+        (C K / (C + K) >= 20: 32 -> 64 channels and up), of 20 MFLOP or more, on more than 16 tiles
+        (2x2 output blocks), or of 384 input channels or more on fewer. Measured against oneDNN's
+        direct convolution on a 2-core Zen 4 at batch 1 and 8: 1.2-1.7x on 14x14 to 147x147 maps
+        (1.1-1.2x at 35x35 of 48 -> 64 channels and on 8x8 of 384-448), 0.6x with 16-24 channels,
+        0.85-0.9x on 7x7 maps of 160-192 channels."""
+        w = self.weight
+        if not (self.use_winograd and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+                and tuple(w.shape[2:]) == (3, 3) and self.stride == [1, 1] and self.padding in ([0, 0], [1, 1])
+                and self.dilation == [1, 1] and x.dim() == 4 and _ext.loaded()):
+            return False
+        k, c = w.shape[:2]
+        p = self.padding[0]
+        oh, ow = x.shape[2] + 2 * p - 2, x.shape[3] + 2 * p - 2
+        tiles = x.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+        flops = 2 * x.shape[0] * oh * ow * c * k * 9
+        return c * k >= 20 * (c + k) and flops >= 20e6 and (tiles > 16 or c >= 384)
+
+    def _winograd_weight(self) -> torch.Tensor:
+        w = self.weight
+        key = ("winograd", w.data_ptr(), w._version)
+        u = self._packed.get(key)
+        if u is None:
+            if len(self._packed) >= 8:
+                self._packed.clear()
+            u = self._packed[key] = ops.winograd_weight(w)
+        return u
+
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         w, b = self.weight, self.bias
+        if other is None and not torch.is_grad_enabled() and self._winograd_pays(x):
+            return ops.winograd_conv3x3(x, self._winograd_weight(), b, self.padding[0], self.relu)
         if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype \
                 and not torch.is_grad_enabled() and self.dilation == [1, 1] and self.use_kept_primitives \
                 and _onednn_kept() \
