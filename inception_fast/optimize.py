@@ -15,6 +15,10 @@ What it does to a model (eval only; the model given is left as it is):
 - in the Inception-ResNet blocks the residual scale is folded into the up-projection, and the
   residual add and ReLU are its post-ops (one pass instead of three);
 - max pools on the max_pool op (no int64 index tensor: 1.6-4.5x ATen's on these maps);
+- on the CPU in float32, the 3x3 stride-1 convolutions where it measured faster as Winograd's
+  F(2x2, 3x3) (ops.winograd_conv3x3: 2.25x fewer multiply-adds; FoldedConv._winograd_pays says where);
+- the classifier's average pool on ops.global_avg_pool, its Linear on a kept oneDNN primitive
+  (KeptLinear, an nn.Linear);
 - activations in channels_last and, with `dtype=torch.bfloat16` (or float16 on a GPU), in that
   dtype; the result takes the same input as the model (float32, NCHW or channels_last) and returns
   float32;
@@ -23,7 +27,8 @@ What it does to a model (eval only; the model given is left as it is):
   (1.10-1.22x on googlenet and inception_resnet_v2, measured in one process with and without);
 - on the CPU, forward replays the ops it recorded on its second call with an input of that
   signature, without the Python of the module tree (`inception_fast._replay`; 1.03-1.11x at batch 1,
-  where that Python was ~30 us per op).
+  where that Python was ~30 us per op), and then runs as one C++ call (Replay.run_model: the input's
+  conversion, the ops, the float32 output).
 
 The block descriptions it compiles are the models' own (`BranchBlock.branches()`), checked against
 each block's forward in the tests.
