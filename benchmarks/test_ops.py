@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from conftest import QUICK, compile_wanted, compiled, devices, run
 from inception_fast import ops
+from inception_fast.ops.onednn_conv import available as onednn_conv_available
 
 # (N, C, H, W) from Inception-v3 at 299x299, batch 32: after Mixed_5b's input, Mixed_6*, Mixed_7c.
 SHAPES = [(4, 64, 17, 17), (4, 96, 9, 9)] if QUICK else [(32, 192, 35, 35), (32, 768, 17, 17), (32, 2048, 8, 8)]
@@ -190,3 +191,56 @@ def test_channel_cat(benchmark, case, contestant, dtype):
     fn = {"eager": lambda: torch.cat(xs, 1), "copy": lambda: out.clone(), "fused-cpu": lambda: ops.channel_cat(xs)}
     with torch.no_grad():
         run(benchmark, fn[contestant], "cpu", contestant=contestant, bytes=2 * nbytes)
+
+
+# ---- global_avg_pool -------------------------------------------------------------------------------
+# The classifier's pooling as optimize() runs it: GoogLeNet's 7x7x1024 map at batch 1, Inception-v3's
+# 8x8x2048 at batch 8, channels_last. eager = x.mean((2, 3)); copy = the map copied, the floor.
+GAP_CASES = [(1, 1024, 7), (8, 2048, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("contestant", ["eager", "copy", "fused-cpu"])
+@pytest.mark.parametrize("case", GAP_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[2]}")
+def test_global_avg_pool(benchmark, case, contestant, dtype):
+    if "cpu" not in devices():
+        pytest.skip("global_avg_pool's kernel is the CPU's")
+    n, c, hw = case
+    x = torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
+    benchmark.group = f"global_avg_pool {n}x{c}x{hw}x{hw} cl {str(dtype).split('.')[-1]} cpu"
+    fn = {"eager": lambda: x.mean((2, 3)), "copy": lambda: x.clone(), "fused-cpu": lambda: ops.global_avg_pool(x)}
+    with torch.no_grad():
+        run(benchmark, fn[contestant], "cpu", contestant=contestant, bytes=x.numel() * x.element_size())
+
+
+# ---- winograd_conv3x3 ------------------------------------------------------------------------------
+# float32 3x3 convolutions as optimize() runs them: GoogLeNet's inception3b 128->192 at 28x28 and
+# Inception-v3's Mixed_5b 64->96 at 35x35 (batch 1), Inception-v4's Inception-A 96->96 at 35x35 (batch
+# 8). eager = conv2d + ReLU channels_last; direct = oneDNN's direct convolution on a kept primitive
+# (what optimize() ran before); fused-cpu = Winograd F(2x2, 3x3). GB/s counts input, weight and output.
+WINO_CASES = [(1, 64, 96, 35)] if QUICK else [(1, 128, 192, 28), (1, 64, 96, 35), (8, 96, 96, 35)]
+
+
+@pytest.mark.parametrize("contestant", ["eager", "direct", "fused-cpu"])
+@pytest.mark.parametrize("case", WINO_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[3]}x{c[3]}-to-{c[2]}")
+def test_winograd_conv3x3(benchmark, case, contestant):
+    if "cpu" not in devices():
+        pytest.skip("winograd_conv3x3's kernel is the CPU's")
+    if contestant == "direct" and not onednn_conv_available():
+        pytest.skip("inception_fast._onednn is not built: no kept oneDNN convolution to compare with")
+    n, c, k, hw = case
+    x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(k, c, 3, 3) / (3 * c ** 0.5), torch.randn(k)
+    benchmark.group = f"winograd_conv3x3 {n}x{c}x{hw}x{hw} -> {k} float32 cpu"
+    if contestant == "direct":
+        packed = ops.onednn_conv_pack(w, x.shape, [1, 1], [1, 1], post_op=1)
+        fn = lambda: ops.onednn_conv(x, packed, w.shape, b, [1, 1], [1, 1], post_op=1)  # noqa: E731
+    elif contestant == "fused-cpu":
+        u = ops.winograd_weight(w)
+        fn = lambda: ops.winograd_conv3x3(x, u, b, 1, True)  # noqa: E731
+    else:
+        fn = lambda: F.relu(F.conv2d(x, w, b, 1, 1))  # noqa: E731
+    nbytes = 4 * (x.numel() + w.numel() + n * k * hw * hw)
+    with torch.no_grad():
+        run(benchmark, fn, "cpu", contestant=contestant, bytes=nbytes,
+            gflop=2 * n * hw * hw * c * k * 9 / 1e9)
