@@ -120,13 +120,19 @@ def _time_isolated(name, x, names, args):
         proc = ctx.Process(target=_worker, args=(there, name, x.shape[0], c, args.compile), daemon=True)
         proc.start()
         workers[c] = (proc, here)
-    outs = {c: here.recv() for c, (_, here) in workers.items()}  # built, warmed up, checked
+    def receive(c):
+        try:
+            return workers[c][1].recv()
+        except EOFError:
+            raise RuntimeError(f"the worker process of {c} died (its traceback is above)") from None
+
+    outs = {c: receive(c) for c in names}  # built, warmed up, checked
     times = {c: [] for c in names}
     for r in range(args.rounds):
         for c in (names if r % 2 == 0 else names[::-1]):
             time.sleep(0.05)  # the previous worker's threads stop spinning and sleep
             workers[c][1].send((2, args.reps))  # two untimed calls wake this one's threads
-            times[c].append(workers[c][1].recv())
+            times[c].append(receive(c))
     for proc, here in workers.values():
         here.send(None)
         proc.join()
