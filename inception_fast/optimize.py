@@ -169,12 +169,14 @@ class FoldedConv(nn.Module):
 
     def _winograd_pays(self, x: torch.Tensor) -> bool:
         """Whether this convolution on x runs as ops.winograd_conv3x3: a float32 CPU 3x3 convolution,
-        stride 1, padding 0 or 1, whose channels make the saved multiply-adds outweigh the transforms
-        (C K / (C + K) >= 20: 32 -> 64 channels and up), of 20 MFLOP or more, on more than 16 tiles
-        (2x2 output blocks), or of 384 input channels or more on fewer. Measured against oneDNN's
-        direct convolution on a 2-core Zen 4 at batch 1 and 8: 1.2-1.7x on 14x14 to 147x147 maps
-        (1.1-1.2x at 35x35 of 48 -> 64 channels and on 8x8 of 384-448), 0.6x with 16-24 channels,
-        0.85-0.9x on 7x7 maps of 160-192 channels."""
+        stride 1, padding 0 or 1, of 20 MFLOP or more, whose channels make the saved multiply-adds
+        outweigh the transforms (C K / (C + K) >= 20), with 48 input channels or more or a map of
+        28x28 or more, on maps larger than 8x8 (more than 16 tiles of 2x2 outputs an image), or with
+        384 input channels or more. Measured against oneDNN's direct convolution on a 2-core Zen 4, in
+        the replayed model: 1.2-1.5x on 14x14 to 56x56 maps of 64-192 channels (batch 1 and 8), 1.2x
+        on 147x147 of 32 -> 64 and 1.08x on 28x28 of 32 -> 96, 1.1-1.2x on 8x8 of 448 -> 384; left
+        direct: 0.86-0.92x on 14x14 of 32 -> 64 / 128, 0.63-1.02x on 7x7 maps (batch 8), 0.6x with
+        16-24 input channels."""
         w = self.weight
         if not (self.use_winograd and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
                 and tuple(w.shape[2:]) == (3, 3) and self.stride == [1, 1] and self.padding in ([0, 0], [1, 1])
@@ -183,9 +185,10 @@ class FoldedConv(nn.Module):
         k, c = w.shape[:2]
         p = self.padding[0]
         oh, ow = x.shape[2] + 2 * p - 2, x.shape[3] + 2 * p - 2
-        tiles = x.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+        tiles = ((oh + 1) // 2) * ((ow + 1) // 2)  # an image's
         flops = 2 * x.shape[0] * oh * ow * c * k * 9
-        return c * k >= 20 * (c + k) and flops >= 20e6 and (tiles > 16 or c >= 384)
+        return c * k >= 20 * (c + k) and flops >= 20e6 and (c >= 48 or oh * ow >= 28 * 28) \
+            and (tiles > 16 or c >= 384)
 
     def _winograd_weight(self) -> torch.Tensor:
         w = self.weight
