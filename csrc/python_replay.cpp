@@ -177,9 +177,9 @@ class Replay {
             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, bool)>();
     at::NoGradGuard no_grad;
     cpu::pool_enter();
-    struct Exit {
-      ~Exit() { cpu::pool_exit(); }
-    } exit;
+    struct Leave {
+      ~Leave() { cpu::pool_exit(); }
+    } leave;
     auto [xin, nan_rows] = prepare.call(x, dtype, channels_last);
     at::Tensor y = run(xin)[0].to(at::kFloat);
     if (y.dim() >= 1 && y.size(0) == nan_rows.size(0)) {

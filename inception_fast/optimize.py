@@ -751,7 +751,10 @@ class OptimizedModel(nn.Module):
             extra = (_settings_key(), self._switches())
             native = self._whole.get((x.shape, x.dtype, extra))
             if native is not None and not self._programs.hooked():
-                return native.run_model(x, self.dtype, self.channels_last)
+                try:
+                    return native.run_model(x, self.dtype, self.channels_last)
+                except RuntimeError:  # e.g. the memory pool cannot be installed: the usual path says why
+                    self._whole.clear()
         with self._scope(x):
             xin, nan_rows = self._input(x)
             # (A graph is captured after two eager warm-up runs, which check the input as forward does;
