@@ -113,6 +113,13 @@ TORCH_LIBRARY(inception_fast, m) {
   // x (N, C, H, W) float32, u (16, C, K) the weight transformed by winograd_weight, bias (K) or None;
   // y = act(conv2d(x, weight, bias, 1, padding)) channels_last, act ReLU when relu (NaN kept).
   m.def("winograd_conv3x3(Tensor x, Tensor u, Tensor? bias, int padding, bool relu) -> Tensor");
+  // A 1 x r (dim 3) or r x 1 (dim 2) convolution, r = 7 or 3, stride 1, zero padding along dim only, as
+  // Winograd's F(4, r) (csrc/cpu/winograd1d.cpp): x (N, C, H, W) float32, u (A, C, K) the weight
+  // transformed by winograd_weight1d (A = 10 for r = 7, 6 for r = 3), bias (K) or None;
+  // y = act(conv2d(x, weight, bias, 1, padding along dim)) channels_last, act ReLU when relu (NaN kept).
+  m.def("winograd_conv1d(Tensor x, Tensor u, Tensor? bias, int dim, int padding, bool relu) -> Tensor");
+  // The weight of winograd_conv1d: (K, C, 1, r) or (K, C, r, 1) -> (A, C, K) float32, computed in float64.
+  m.def("winograd_weight1d(Tensor weight) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
   // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.

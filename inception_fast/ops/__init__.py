@@ -13,7 +13,8 @@ from inception_fast.ops.global_avg_pool import global_avg_pool, global_avg_pool_
 from inception_fast.ops.max_pool import max_pool, max_pool_reference
 from inception_fast.ops.onednn_conv import onednn_conv, onednn_conv_pack, onednn_conv_reference
 from inception_fast.ops.prepare_input import prepare_input, prepare_input_reference
-from inception_fast.ops.winograd import winograd_conv3x3, winograd_conv3x3_reference, winograd_weight
+from inception_fast.ops.winograd import (winograd_conv1d, winograd_conv1d_reference, winograd_conv3x3,
+                                         winograd_conv3x3_reference, winograd_weight, winograd_weight1d)
 from inception_fast.ops.scaled_residual_add import scaled_residual_add, scaled_residual_add_reference
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "branch_conv_reference", "prepare_input", "prepare_input_reference", "onednn_conv", "onednn_conv_pack",
     "onednn_conv_reference", "avg_pool3x3_bias_relu", "avg_pool3x3_bias_relu_reference",
     "channel_cat", "channel_cat_reference", "global_avg_pool", "global_avg_pool_reference",
-    "winograd_conv3x3", "winograd_conv3x3_reference", "winograd_weight",
+    "winograd_conv3x3", "winograd_conv3x3_reference", "winograd_weight", "winograd_conv1d",
+    "winograd_conv1d_reference", "winograd_weight1d",
 ]
