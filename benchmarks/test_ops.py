@@ -244,3 +244,38 @@ def test_winograd_conv3x3(benchmark, case, contestant):
     with torch.no_grad():
         run(benchmark, fn, "cpu", contestant=contestant, bytes=nbytes,
             gflop=2 * n * hw * hw * c * k * 9 / 1e9)
+
+
+# ---- winograd_conv1d -------------------------------------------------------------------------------
+# float32 1 x r / r x 1 convolutions as optimize() runs them: Inception-v4's Inception-B 192->224 1x7 at
+# 17x17 (batch 1 and 8) and its Inception-C 448->512 1x3 at 8x8 (batch 1), the input a channel slice of
+# the merged 1x1 convolution's output as in the model. eager = conv2d + ReLU; direct = oneDNN's direct
+# convolution on a kept primitive (what optimize() ran before); fused-cpu = F(4, r).
+WINO1D_CASES = [(1, 192, 224, 17, 7)] if QUICK else [(1, 192, 224, 17, 7), (8, 192, 224, 17, 7),
+                                                     (1, 448, 512, 8, 3)]
+
+
+@pytest.mark.parametrize("contestant", ["eager", "direct", "fused-cpu"])
+@pytest.mark.parametrize("case", WINO1D_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[3]}x{c[3]}-to-{c[2]}-1x{c[4]}")
+def test_winograd_conv1d(benchmark, case, contestant):
+    if "cpu" not in devices():
+        pytest.skip("winograd_conv1d's kernel is the CPU's")
+    if contestant == "direct" and not onednn_conv_available():
+        pytest.skip("inception_fast._onednn is not built: no kept oneDNN convolution to compare with")
+    n, c, k, hw, r = case
+    x = torch.randn(n, 2 * c, hw, hw).contiguous(memory_format=torch.channels_last)[:, c // 2:c // 2 + c]
+    w, b = torch.randn(k, c, 1, r) / (r * c) ** 0.5, torch.randn(k)
+    benchmark.group = f"winograd_conv1d {n}x{c}x{hw}x{hw} -> {k} 1x{r} float32 cpu"
+    pad = [0, r // 2]
+    if contestant == "direct":
+        packed = ops.onednn_conv_pack(w, x.shape, [1, 1], pad, post_op=1)
+        fn = lambda: ops.onednn_conv(x, packed, w.shape, b, [1, 1], pad, post_op=1)  # noqa: E731
+    elif contestant == "fused-cpu":
+        u = ops.winograd_weight1d(w)
+        fn = lambda: ops.winograd_conv1d(x, u, b, 3, r // 2, True)  # noqa: E731
+    else:
+        fn = lambda: F.relu(F.conv2d(x, w, b, 1, pad))  # noqa: E731
+    nbytes = 4 * (n * c * hw * hw + w.numel() + n * k * hw * hw)
+    with torch.no_grad():
+        run(benchmark, fn, "cpu", contestant=contestant, bytes=nbytes,
+            gflop=2 * n * hw * hw * c * k * r / 1e9)

@@ -1,5 +1,5 @@
 """winograd_conv3x3 (a 3x3 stride-1 convolution as Winograd's F(2x2, 3x3), float32, CPU) vs conv2d in
-float64: padding 0 and 1, odd and even maps, 1-pixel outputs, channel counts off the 16-lane vectors,
+float64: padding 0 and 1, NCHW, channels_last and channel-slice inputs, odd and even maps, 1-pixel outputs, channel counts off the 16-lane vectors,
 batches, maps split into several chunks of tiles, bias and ReLU; NaN and inf reach at least every
 output they reach in the direct convolution; winograd_weight; opcheck; where optimize() uses it (and where
 not); bad input."""
@@ -43,8 +43,9 @@ CASES = [(s, p) for s in SHAPES for p in (0, 1) if min(s[2:4]) + 2 * p >= 3]
 def test_matches_conv2d(shape, padding, relu):
     n, c, h, w, k = shape
     x, weight, bias = _case(n, c, h, w, k, seed=sum(shape) + padding)
-    for layout in ("nchw", "cl"):
-        xi = x.contiguous(memory_format=CL) if layout == "cl" else x
+    wide = torch.randn(n, c + 9, h, w).contiguous(memory_format=CL)
+    wide[:, 4:4 + c] = x  # a channel slice of a channels_last tensor, as a merged 1x1 convolution's output
+    for layout, xi in (("nchw", x), ("cl", x.contiguous(memory_format=CL)), ("slice", wide[:, 4:4 + c])):
         y = ops.winograd_conv3x3(xi, ops.winograd_weight(weight), bias, padding, relu)
         ref = F.conv2d(x.double(), weight.double(), bias.double(), 1, padding)
         ref = ref.relu() if relu else ref

@@ -38,6 +38,7 @@ constexpr int64_t kChunkBytes = 6 << 20;
 
 struct Geo {
   int64_t n, c, h, w, k, pad, oh, ow, th, tw, tiles;  // input h x w, padding, output oh x ow
+  int64_t xs_n, xs_h, xs_w;                            // x's strides in floats (its channel stride is 1)
 };
 
 // B^T d B for one 4x4 tile of 16 channels (d[r][s] vectors, zeros outside the map), to v[4r + s].
@@ -78,7 +79,7 @@ IF_CPU_CLONES void input_transform(const float* __restrict__ x, float* __restric
   for (int64_t ct = t0; ct < t1; ++ct) {
     const int64_t t = first + ct;
     const int64_t n = t / (g.th * g.tw), i = (t / g.tw) % g.th, j = t % g.tw;
-    const float* xn = x + n * g.h * g.w * g.c;
+    const float* xn = x + n * g.xs_n;
     for (int64_t c0 = 0; c0 < g.c; c0 += L) {
       const int64_t lanes = std::min(L, g.c - c0);
       V16 d[4][4];
@@ -89,10 +90,10 @@ IF_CPU_CLONES void input_transform(const float* __restrict__ x, float* __restric
           if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) {
             d[r][s] = V16{};
           } else if (lanes == L) {
-            d[r][s] = load_vec(xn + (ih * g.w + iw) * g.c + c0);
+            d[r][s] = load_vec(xn + ih * g.xs_h + iw * g.xs_w + c0);
           } else {
             d[r][s] = V16{};
-            for (int64_t l = 0; l < lanes; ++l) d[r][s][l] = xn[(ih * g.w + iw) * g.c + c0 + l];
+            for (int64_t l = 0; l < lanes; ++l) d[r][s][l] = xn[ih * g.xs_h + iw * g.xs_w + c0 + l];
           }
         }
       }
@@ -180,9 +181,10 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u, con
                 op, ": bias must be a float32 CPU vector of ", K, " values");
   }
   const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = x_in.contiguous(cl);
+  // a channel slice of a channels_last tensor (a merged 1x1 convolution's output) is read where it is
+  const at::Tensor x = x_in.stride(1) == 1 || x_in.size(1) == 1 ? x_in : x_in.contiguous(cl);
   Geo g{x.size(0), x.size(1), x.size(2), x.size(3), K, padding, x.size(2) + 2 * padding - 2,
-         x.size(3) + 2 * padding - 2, 0, 0, 0};
+         x.size(3) + 2 * padding - 2, 0, 0, 0, x.stride(0), x.stride(2), x.stride(3)};
   g.th = (g.oh + 1) / 2;
   g.tw = (g.ow + 1) / 2;
   g.tiles = g.n * g.th * g.tw;
@@ -195,11 +197,12 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u, con
   }
   // Tiles in chunks whose transformed input and products (16 x chunk x (C + K) floats) stay within
   // kChunkBytes: on a large map or batch the whole of them would spill to DRAM (a 71x71 map of 80 -> 192
-  // channels: 23 MB, and 0.95x the direct time).
+  // channels: 23 MB, and 0.95x the direct time), all of one size (no short last chunk of small GEMMs).
   const int64_t per_tile = 16 * (g.c + K) * static_cast<int64_t>(sizeof(float));
-  const int64_t chunk = std::max<int64_t>(16, std::min<int64_t>(g.tiles, kChunkBytes / per_tile));
-  at::Tensor v = at::empty({16, chunk, g.c}, x.options());
-  at::Tensor m = at::empty({16, chunk, K}, x.options());
+  const int64_t chunks = std::max<int64_t>(1, (g.tiles * per_tile + kChunkBytes - 1) / kChunkBytes);
+  const int64_t chunk = std::min<int64_t>(g.tiles, std::max<int64_t>(16, (g.tiles + chunks - 1) / chunks));
+  // the chunk's transformed input and products in this thread's scratch (see thread_scratch)
+  float* scratch = thread_scratch(16 * chunk * (g.c + K));
   const at::Tensor uc = u.contiguous();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
   const float* px = x.const_data_ptr<float>();
@@ -210,9 +213,8 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u, con
   const int64_t grain_out = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, K));
   for (int64_t c0 = 0; c0 < g.tiles; c0 += chunk) {
     const int64_t n = std::min(chunk, g.tiles - c0);
-    // (a shorter last chunk gets buffers of its own: the transforms and bmm take contiguous ones)
-    at::Tensor vc = n == chunk ? v : at::empty({16, n, g.c}, x.options());
-    at::Tensor mc = n == chunk ? m : at::empty({16, n, K}, x.options());
+    at::Tensor vc = at::from_blob(scratch, {16, n, g.c}, x.options());
+    at::Tensor mc = at::from_blob(scratch + 16 * n * g.c, {16, n, K}, x.options());
     float* pv = vc.mutable_data_ptr<float>();
     at::parallel_for(0, n, grain_in, [&](int64_t t0, int64_t t1) { input_transform(px, pv, g, c0, n, t0, t1); });
     at::bmm_out(mc, vc, uc);  // (16, n, K): 16 GEMMs

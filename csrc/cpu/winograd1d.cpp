@@ -197,14 +197,14 @@ void run(const float* px, const float* pb, float* py, const Geo& g, const at::Te
   const int64_t per_tile = A * (g.c + g.k) * static_cast<int64_t>(sizeof(float));
   const int64_t chunks = std::max<int64_t>(1, (g.tiles * per_tile + kChunkBytes - 1) / kChunkBytes);
   const int64_t chunk = std::min<int64_t>(g.tiles, std::max<int64_t>(16, (g.tiles + chunks - 1) / chunks));
-  at::Tensor v = at::empty({A, chunk, g.c}, opts);
-  at::Tensor m = at::empty({A, chunk, g.k}, opts);
+  // the chunk's transformed input and products in this thread's scratch (see thread_scratch)
+  float* scratch = thread_scratch(A * chunk * (g.c + g.k));
   const int64_t grain_in = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, g.c));
   const int64_t grain_out = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, g.k));
   for (int64_t c0 = 0; c0 < g.tiles; c0 += chunk) {
     const int64_t n = std::min(chunk, g.tiles - c0);
-    at::Tensor vc = n == chunk ? v : at::empty({A, n, g.c}, opts);
-    at::Tensor mc = n == chunk ? m : at::empty({A, n, g.k}, opts);
+    at::Tensor vc = at::from_blob(scratch, {A, n, g.c}, opts);
+    at::Tensor mc = at::from_blob(scratch + A * n * g.c, {A, n, g.k}, opts);
     float* pv = vc.mutable_data_ptr<float>();
     at::parallel_for(0, n, grain_in, [&](int64_t t0, int64_t t1) { input_transform<R>(px, pv, g, c0, n, t0, t1); });
     at::bmm_out(mc, vc, u);  // (A, n, K): A GEMMs
