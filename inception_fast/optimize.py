@@ -16,7 +16,9 @@ What it does to a model (eval only; the model given is left as it is):
   residual add and ReLU are its post-ops (one pass instead of three);
 - max pools on the max_pool op (no int64 index tensor: 1.6-4.5x ATen's on these maps);
 - on the CPU in float32, the 3x3 stride-1 convolutions where it measured faster as Winograd's
-  F(2x2, 3x3) (ops.winograd_conv3x3: 2.25x fewer multiply-adds; FoldedConv._winograd_pays says where);
+  F(2x2, 3x3) (ops.winograd_conv3x3: 2.25x fewer multiply-adds; FoldedConv._winograd_pays says where),
+  and the 1x7 / 7x1 / 1x3 / 3x1 ones as F(4, 7) / F(4, 3) (ops.winograd_conv1d: 2.8x / 2x fewer;
+  FoldedConv._winograd1d_dim says where);
 - the classifier's average pool on ops.global_avg_pool, its Linear on a kept oneDNN primitive
   (KeptLinear, an nn.Linear);
 - activations in channels_last and, with `dtype=torch.bfloat16` (or float16 on a GPU), in that
