@@ -53,10 +53,17 @@ def test_matches_conv2d(shape, padding, relu):
         assert _rel(y, ref) < 2e-6, layout  # the direct float32 convolution is ~3e-7 here
 
 
-def test_large_maps_run_in_chunks_of_tiles():
-    # 2 x 36 x 36 tiles of 80 + 96 channels: 3 chunks of 6 MiB of transformed input and products
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_maps_run_in_chunks_of_tiles(threads):
+    # 2 x 36 x 36 tiles of 80 + 96 channels: 5 chunks of up to 6 MiB of transformed input and products,
+    # with 2 and 3 threads each chunk in one block of tiles a thread (uneven blocks), with 1 the split form
     x, weight, bias = _case(2, 80, 73, 73, 96, seed=3)
-    y = ops.winograd_conv3x3(x.contiguous(memory_format=CL), ops.winograd_weight(weight), bias, 0, True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = ops.winograd_conv3x3(x.contiguous(memory_format=CL), ops.winograd_weight(weight), bias, 0, True)
+    finally:
+        torch.set_num_threads(before)
     ref = F.conv2d(x.double(), weight.double(), bias.double(), 1, 0).relu()
     assert _rel(y, ref) < 2e-6
 

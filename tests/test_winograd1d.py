@@ -65,10 +65,17 @@ def test_matches_conv2d(shape, r, dim, padding, relu):
         assert _rel(y, ref) < TOL[r], layout
 
 
-def test_large_maps_run_in_chunks_of_tiles():
-    # 8 x 35 x 9 tiles of 10 x (160 + 192) floats: 2 chunks of equal size
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_maps_run_in_chunks_of_tiles(threads):
+    # 8 x 35 x 9 tiles of 10 x (160 + 192) floats: 6 chunks of equal size; with 2 and 3 threads each chunk
+    # in one block of tiles a thread (uneven blocks), with 1 the split form
     x, weight, bias = _case(8, 160, 35, 35, 192, 7, 2, seed=3)
-    y = ops.winograd_conv1d(x.contiguous(memory_format=CL), ops.winograd_weight1d(weight), bias, 2, 3, True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = ops.winograd_conv1d(x.contiguous(memory_format=CL), ops.winograd_weight1d(weight), bias, 2, 3, True)
+    finally:
+        torch.set_num_threads(before)
     assert _rel(y, _ref(x, weight, bias, 2, 3, True)) < TOL[7]
 
 
