@@ -27,6 +27,7 @@
 #include <algorithm>
 
 #include "cpu/common.h"
+#include "cpu/winograd_common.h"
 
 namespace inception_fast {
 namespace cpu {
@@ -34,8 +35,6 @@ namespace {
 
 using V16 = vec_t<float>;
 constexpr int64_t L = vec_lanes<float>;
-constexpr int64_t kChunkBytes = 6 << 20;
-constexpr int64_t kBlockTiles = 128;
 
 struct Geo {
   int64_t n, c, h, w, k, pad, oh, ow, th, tw, tiles;  // input h x w, padding, output oh x ow
@@ -175,12 +174,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u, con
   TORCH_CHECK(x_in.size(2) + 2 * padding >= 3 && x_in.size(3) + 2 * padding >= 3, op, ": a ", x_in.size(2), "x",
               x_in.size(3), " map with padding ", padding, " is smaller than the 3x3 kernel");
   const int64_t K = u.size(2);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
-                    bias->size(0) == K,
-                op, ": bias must be a float32 CPU vector of ", K, " values");
-  }
+  const bool has_bias = winograd::check_bias(op, bias, K);
   const auto cl = at::MemoryFormat::ChannelsLast;
   // a channel slice of a channels_last tensor (a merged 1x1 convolution's output) is read where it is
   const at::Tensor x = x_in.stride(1) == 1 || x_in.size(1) == 1 ? x_in : x_in.contiguous(cl);
@@ -191,66 +185,20 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u, con
   g.tiles = g.n * g.th * g.tw;
   at::Tensor y = at::empty({g.n, K, g.oh, g.ow}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
-  if (g.c == 0) {  // no input channels: the bias alone
-    y.zero_();
-    if (has_bias) y.add_(bias->view({1, K, 1, 1}));
-    return relu ? y.relu_() : y;
-  }
-  // Tiles in chunks whose transformed input and products (16 x chunk x (C + K) floats) stay within
-  // kChunkBytes: on a large map or batch the whole of them would spill to DRAM (a 71x71 map of 80 -> 192
-  // channels: 23 MB, and 0.95x the direct time), all of one size (no short last chunk of small GEMMs).
-  const int64_t per_tile = 16 * (g.c + K) * static_cast<int64_t>(sizeof(float));
-  const int64_t chunks = std::max<int64_t>(1, (g.tiles * per_tile + kChunkBytes - 1) / kChunkBytes);
-  const int64_t chunk = std::min<int64_t>(g.tiles, std::max<int64_t>(16, (g.tiles + chunks - 1) / chunks));
-  // the chunk's transformed input and products in this thread's scratch (see thread_scratch)
-  float* scratch = thread_scratch(16 * chunk * (g.c + K));
+  if (g.c == 0) return winograd::bias_only(y, bias, has_bias, relu);
   const at::Tensor uc = u.contiguous();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
   const float* px = x.const_data_ptr<float>();
   const float* pb = has_bias ? bc.const_data_ptr<float>() : nullptr;
   float* py = y.mutable_data_ptr<float>();
-  // a task is a few tiles: ~16 KiB of the transformed input (output) each
-  const int64_t grain_in = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, g.c));
-  const int64_t grain_out = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, K));
-  // Each thread transforms its own block of a chunk's tiles, runs their GEMMs (single-threaded, nested in
-  // the parallel region) and transforms their products back, where every thread gets kBlockTiles tiles or
-  // more: the data stays with the core that wrote it. Split the other way (the transforms divided
-  // by tiles, the batched GEMM by MKL's own split), each chunk's transformed input and products move
-  // between the cores twice; on the 2-core VM that made the op ~2x slower in 30-75% of processes,
-  // flipping with time and with where the scratch buffer lay (inception_v3 batch 8: 340 vs 460 ms a
-  // forward; results section 17), against 0.92-1.0x the split's best time for the blocks. Smaller
-  // ops (single-image 17x17 and 28x28 maps) keep the split: their per-thread GEMMs are small.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const bool per_thread = threads > 1 && g.tiles >= kBlockTiles * threads;
-  for (int64_t c0 = 0; c0 < g.tiles && per_thread; c0 += chunk) {
-    const int64_t n = std::min(chunk, g.tiles - c0);
-    const int64_t blocks = std::min<int64_t>(threads, std::max<int64_t>(1, n / 16));
-    const int64_t bs = (n + blocks - 1) / blocks;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t first = c0 + b * bs, cnt = std::min(bs, n - b * bs);
-        if (cnt <= 0) continue;
-        float* pv = scratch + 16 * b * bs * (g.c + K);
-        float* pm = pv + 16 * cnt * g.c;
-        input_transform(px, pv, g, first, cnt, 0, cnt);
-        at::Tensor vc = at::from_blob(pv, {16, cnt, g.c}, x.options());
-        at::Tensor mc = at::from_blob(pm, {16, cnt, K}, x.options());
-        at::bmm_out(mc, vc, uc);
-        output_transform(pm, pb, py, g, relu, first, cnt, 0, cnt);
-      }
-    });
-  }
-  for (int64_t c0 = 0; c0 < g.tiles && !per_thread; c0 += chunk) {
-    const int64_t n = std::min(chunk, g.tiles - c0);
-    at::Tensor vc = at::from_blob(scratch, {16, n, g.c}, x.options());
-    at::Tensor mc = at::from_blob(scratch + 16 * n * g.c, {16, n, K}, x.options());
-    float* pv = vc.mutable_data_ptr<float>();
-    at::parallel_for(0, n, grain_in, [&](int64_t t0, int64_t t1) { input_transform(px, pv, g, c0, n, t0, t1); });
-    at::bmm_out(mc, vc, uc);  // (16, n, K): 16 GEMMs
-    const float* pm = mc.const_data_ptr<float>();
-    at::parallel_for(0, n, grain_out,
-                     [&](int64_t t0, int64_t t1) { output_transform(pm, pb, py, g, relu, c0, n, t0, t1); });
-  }
+  winograd::run(
+      g.tiles, 16, g.c, K, uc, x.options(),
+      [&](float* pv, int64_t first, int64_t count, int64_t t0, int64_t t1) {
+        input_transform(px, pv, g, first, count, t0, t1);
+      },
+      [&](const float* pm, int64_t first, int64_t count, int64_t t0, int64_t t1) {
+        output_transform(pm, pb, py, g, relu, first, count, t0, t1);
+      });
   return y;
 }
 

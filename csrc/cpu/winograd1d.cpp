@@ -32,6 +32,7 @@
 #include <algorithm>
 
 #include "cpu/common.h"
+#include "cpu/winograd_common.h"
 
 namespace inception_fast {
 namespace cpu {
@@ -39,8 +40,6 @@ namespace {
 
 using V16 = vec_t<float>;
 constexpr int64_t L = vec_lanes<float>;
-constexpr int64_t kChunkBytes = 6 << 20;
-constexpr int64_t kBlockTiles = 128;
 
 template <int R>
 struct F4;  // F(4, R): the transforms
@@ -191,56 +190,14 @@ IF_CPU_CLONES void output_transform(const float* __restrict__ mbuf, const float*
 template <int R>
 void run(const float* px, const float* pb, float* py, const Geo& g, const at::Tensor& u, bool relu,
          const at::TensorOptions& opts) {
-  constexpr int A = F4<R>::A;
-  // Tiles in chunks whose transformed input and products (A x chunk x (C + K) floats) stay within
-  // kChunkBytes (in cache for the GEMM and the transform after it), all of one size (a short last
-  // chunk made batch 8's 128 -> 128 layers 1.03x the direct time instead of 1.6x).
-  const int64_t per_tile = A * (g.c + g.k) * static_cast<int64_t>(sizeof(float));
-  const int64_t chunks = std::max<int64_t>(1, (g.tiles * per_tile + kChunkBytes - 1) / kChunkBytes);
-  const int64_t chunk = std::min<int64_t>(g.tiles, std::max<int64_t>(16, (g.tiles + chunks - 1) / chunks));
-  // the chunk's transformed input and products in this thread's scratch (see thread_scratch)
-  float* scratch = thread_scratch(A * chunk * (g.c + g.k));
-  const int64_t grain_in = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, g.c));
-  const int64_t grain_out = std::max<int64_t>(1, 1024 / std::max<int64_t>(1, g.k));
-  // Each thread transforms its own block of a chunk's tiles, runs their GEMMs (single-threaded, nested in
-  // the parallel region) and transforms their products back, where every thread gets kBlockTiles tiles or
-  // more: the data stays with the core that wrote it. Split the other way (the transforms divided
-  // by tiles, the batched GEMM by MKL's own split), each chunk's transformed input and products move
-  // between the cores twice; on the 2-core VM that made the op ~2x slower in 30-75% of processes,
-  // flipping with time and with where the scratch buffer lay (inception_v3 batch 8: 340 vs 460 ms a
-  // forward; results section 17), against 0.92-1.0x the split's best time for the blocks. Smaller
-  // ops (single-image 17x17 and 28x28 maps) keep the split: their per-thread GEMMs are small.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const bool per_thread = threads > 1 && g.tiles >= kBlockTiles * threads;
-  for (int64_t c0 = 0; c0 < g.tiles && per_thread; c0 += chunk) {
-    const int64_t n = std::min(chunk, g.tiles - c0);
-    const int64_t blocks = std::min<int64_t>(threads, std::max<int64_t>(1, n / 16));
-    const int64_t bs = (n + blocks - 1) / blocks;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t first = c0 + b * bs, cnt = std::min(bs, n - b * bs);
-        if (cnt <= 0) continue;
-        float* pv = scratch + A * b * bs * (g.c + g.k);
-        float* pm = pv + A * cnt * g.c;
-        input_transform<R>(px, pv, g, first, cnt, 0, cnt);
-        at::Tensor vc = at::from_blob(pv, {A, cnt, g.c}, opts);
-        at::Tensor mc = at::from_blob(pm, {A, cnt, g.k}, opts);
-        at::bmm_out(mc, vc, u);
-        output_transform<R>(pm, pb, py, g, relu, first, cnt, 0, cnt);
-      }
-    });
-  }
-  for (int64_t c0 = 0; c0 < g.tiles && !per_thread; c0 += chunk) {
-    const int64_t n = std::min(chunk, g.tiles - c0);
-    at::Tensor vc = at::from_blob(scratch, {A, n, g.c}, opts);
-    at::Tensor mc = at::from_blob(scratch + A * n * g.c, {A, n, g.k}, opts);
-    float* pv = vc.mutable_data_ptr<float>();
-    at::parallel_for(0, n, grain_in, [&](int64_t t0, int64_t t1) { input_transform<R>(px, pv, g, c0, n, t0, t1); });
-    at::bmm_out(mc, vc, u);  // (A, n, K): A GEMMs
-    const float* pm = mc.const_data_ptr<float>();
-    at::parallel_for(0, n, grain_out,
-                     [&](int64_t t0, int64_t t1) { output_transform<R>(pm, pb, py, g, relu, c0, n, t0, t1); });
-  }
+  winograd::run(
+      g.tiles, F4<R>::A, g.c, g.k, u, opts,
+      [&](float* pv, int64_t first, int64_t count, int64_t t0, int64_t t1) {
+        input_transform<R>(px, pv, g, first, count, t0, t1);
+      },
+      [&](const float* pm, int64_t first, int64_t count, int64_t t0, int64_t t1) {
+        output_transform<R>(pm, pb, py, g, relu, first, count, t0, t1);
+      });
 }
 
 int64_t kernel_of(int64_t a) { return a == F4<7>::A ? 7 : a == F4<3>::A ? 3 : 0; }
@@ -260,12 +217,7 @@ at::Tensor winograd_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& u, cons
   TORCH_CHECK(x_in.size(dim) + 2 * padding >= r, op, ": a map of ", x_in.size(dim), " pixels along dim ", dim,
               " with padding ", padding, " is shorter than the ", r, "-tap kernel");
   const int64_t K = u.size(2);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
-                    bias->size(0) == K,
-                op, ": bias must be a float32 CPU vector of ", K, " values");
-  }
+  const bool has_bias = winograd::check_bias(op, bias, K);
   const auto cl = at::MemoryFormat::ChannelsLast;
   // a channel slice of a channels_last tensor (a merged 1x1 convolution's output) is read where it is
   const at::Tensor x = x_in.stride(1) == 1 || x_in.size(1) == 1 ? x_in : x_in.contiguous(cl);
@@ -274,11 +226,7 @@ at::Tensor winograd_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& u, cons
   const int64_t OH = along_h ? H + 2 * padding - r + 1 : H, OW = along_h ? W : W + 2 * padding - r + 1;
   at::Tensor y = at::empty({N, K, OH, OW}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
-  if (C == 0) {  // no input channels: the bias alone
-    y.zero_();
-    if (has_bias) y.add_(bias->view({1, K, 1, 1}));
-    return relu ? y.relu_() : y;
-  }
+  if (C == 0) return winograd::bias_only(y, bias, has_bias, relu);  // no input channels: the bias alone
   Geo g{};
   g.n = N;
   g.c = C;
