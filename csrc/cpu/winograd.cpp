@@ -87,25 +87,14 @@ IF_CPU_CLONES void input_transform(const float* __restrict__ x, float* __restric
         const int64_t ih = 2 * i - g.pad + r;
         for (int s = 0; s < 4; ++s) {
           const int64_t iw = 2 * j - g.pad + s;
-          if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) {
-            d[r][s] = V16{};
-          } else if (lanes == L) {
-            d[r][s] = load_vec(xn + ih * g.xs_h + iw * g.xs_w + c0);
-          } else {
-            d[r][s] = V16{};
-            for (int64_t l = 0; l < lanes; ++l) d[r][s][l] = xn[ih * g.xs_h + iw * g.xs_w + c0 + l];
-          }
+          const bool inside = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w;
+          d[r][s] = inside ? winograd::load_lanes(xn + ih * g.xs_h + iw * g.xs_w + c0, lanes) : V16{};
         }
       }
       V16 v[16];
       input_tile(d, v);
       for (int e = 0; e < 16; ++e) {
-        float* dst = vbuf + e * plane + ct * g.c + c0;
-        if (lanes == L) {
-          store_vec(dst, v[e]);
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) dst[l] = v[e][l];
-        }
+        winograd::store_lanes(vbuf + e * plane + ct * g.c + c0, v[e], lanes);
       }
     }
   }
@@ -124,23 +113,11 @@ IF_CPU_CLONES void output_transform(const float* __restrict__ mbuf, const float*
       V16 m[16];
       for (int e = 0; e < 16; ++e) {
         const float* src = mbuf + e * plane + ct * g.k + k0;
-        if (lanes == L) {
-          m[e] = load_vec(src);
-        } else {
-          m[e] = V16{};
-          for (int64_t l = 0; l < lanes; ++l) m[e][l] = src[l];
-        }
+        m[e] = winograd::load_lanes(src, lanes);
       }
       V16 out[4];
       output_tile(m, out);
-      V16 b{};
-      if (bias != nullptr) {
-        if (lanes == L) {
-          b = load_vec(bias + k0);
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) b[l] = bias[k0 + l];
-        }
-      }
+      const V16 b = bias != nullptr ? winograd::load_lanes(bias + k0, lanes) : V16{};
       for (int p = 0; p < 2; ++p) {
         const int64_t oh = 2 * i + p;
         if (oh >= g.oh) break;
@@ -150,11 +127,7 @@ IF_CPU_CLONES void output_transform(const float* __restrict__ mbuf, const float*
           V16 o = out[2 * p + q] + b;
           if (relu) o = relu_vec<float>(o);
           float* dst = yn + (oh * g.ow + ow) * g.k + k0;
-          if (lanes == L) {
-            store_vec(dst, o);
-          } else {
-            for (int64_t l = 0; l < lanes; ++l) dst[l] = o[l];
-          }
+          winograd::store_lanes(dst, o, lanes);
         }
       }
     }

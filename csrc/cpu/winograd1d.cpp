@@ -106,15 +106,7 @@ IF_CPU_CLONES void input_transform(const float* __restrict__ x, float* __restric
 #pragma GCC unroll 16
       for (int s = 0; s < A; ++s) {
         const int64_t p = j0 - g.pad + s;
-        d[s] = V16{};
-        if (p >= 0 && p < g.len) {
-          const float* src = xl + p * g.xs_axis + c0;
-          if (lanes == L) {
-            d[s] = load_vec(src);
-          } else {
-            for (int64_t l = 0; l < lanes; ++l) d[s][l] = src[l];
-          }
-        }
+        d[s] = p >= 0 && p < g.len ? winograd::load_lanes(xl + p * g.xs_axis + c0, lanes) : V16{};
       }
 #pragma GCC unroll 16
       for (int e = 0; e < A; ++e) {
@@ -124,11 +116,7 @@ IF_CPU_CLONES void input_transform(const float* __restrict__ x, float* __restric
           if (T::BT[e][s] != 0.0f) v += T::BT[e][s] * d[s];
         }
         float* dst = vbuf + e * plane + ct * g.c + c0;
-        if (lanes == L) {
-          store_vec(dst, v);
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) dst[l] = v[l];
-        }
+        winograd::store_lanes(dst, v, lanes);
       }
     }
   }
@@ -152,21 +140,9 @@ IF_CPU_CLONES void output_transform(const float* __restrict__ mbuf, const float*
 #pragma GCC unroll 16
       for (int e = 0; e < A; ++e) {
         const float* src = mbuf + e * plane + ct * g.k + k0;
-        if (lanes == L) {
-          m[e] = load_vec(src);
-        } else {
-          m[e] = V16{};
-          for (int64_t l = 0; l < lanes; ++l) m[e][l] = src[l];
-        }
+        m[e] = winograd::load_lanes(src, lanes);
       }
-      V16 b{};
-      if (bias != nullptr) {
-        if (lanes == L) {
-          b = load_vec(bias + k0);
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) b[l] = bias[k0 + l];
-        }
-      }
+      const V16 b = bias != nullptr ? winograd::load_lanes(bias + k0, lanes) : V16{};
 #pragma GCC unroll 4
       for (int q = 0; q < M; ++q) {
         if (q >= outs) break;
@@ -177,11 +153,7 @@ IF_CPU_CLONES void output_transform(const float* __restrict__ mbuf, const float*
         }
         if (relu) o = relu_vec<float>(o);
         float* dst = yl + (j0 + q) * g.ys_axis + k0;
-        if (lanes == L) {
-          store_vec(dst, o);
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) dst[l] = o[l];
-        }
+        winograd::store_lanes(dst, o, lanes);
       }
     }
   }

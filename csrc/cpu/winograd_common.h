@@ -21,6 +21,23 @@ constexpr int64_t kChunkBytes = 6 << 20;
 // Tiles a thread needs for the per-thread blocks (see run).
 constexpr int64_t kBlockTiles = 128;
 
+// `lanes` floats (at most a vector's) from p into a vector, the lanes after them zero.
+IF_INLINE vec_t<float> load_lanes(const float* p, int64_t lanes) {
+  if (lanes == vec_lanes<float>) return load_vec(p);
+  vec_t<float> v{};
+  for (int64_t l = 0; l < lanes; ++l) v[l] = p[l];
+  return v;
+}
+
+// The first `lanes` floats of v to p.
+IF_INLINE void store_lanes(float* p, vec_t<float> v, int64_t lanes) {
+  if (lanes == vec_lanes<float>) {
+    store_vec(p, v);
+  } else {
+    for (int64_t l = 0; l < lanes; ++l) p[l] = v[l];
+  }
+}
+
 inline bool check_bias(const char* op, const c10::optional<at::Tensor>& bias, int64_t k) {
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
