@@ -69,19 +69,24 @@ if _library._ext.loaded():
     torch.library.register_fake(f"{_library._ext.OPS_NAMESPACE}::winograd_weight1d", _fake_weight1d)
 
 
+def _check_input(op: str, x, u) -> None:
+    """x and u CPU float32 tensors, x 4-D: else a named error."""
+    for name, t in (("x", x), ("u", u)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{op} runs on the CPU: {name} is on {t.device}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{op} runs in float32: {name} is {t.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+
+
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 1,
                      relu: bool = False) -> torch.Tensor:
     """act(conv2d(x, weight, bias, stride 1, padding)) for u = winograd_weight(weight), padding 0 or 1;
     CPU, float32."""
-    for name, t in (("x", x), ("u", u)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"winograd_conv3x3: {name} must be a tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"winograd_conv3x3 runs on the CPU: {name} is on {t.device}")
-        if t.dtype != torch.float32:
-            raise TypeError(f"winograd_conv3x3 runs in float32: {name} is {t.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"winograd_conv3x3: x must be a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    _check_input("winograd_conv3x3", x, u)
     if u.dim() != 3 or u.shape[0] != 16 or u.shape[1] != x.shape[1]:
         raise ValueError(f"winograd_conv3x3: u must be (16, C, K) with C = {x.shape[1]} (x's channels), got "
                          f"{tuple(u.shape)}: make it with winograd_weight")
@@ -127,15 +132,7 @@ def winograd_conv1d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
                     padding: int = 3, relu: bool = False) -> torch.Tensor:
     """act(conv2d(x, weight, bias, stride 1, padding along dim)) for u = winograd_weight1d(weight): dim 3 for a
     1 x r weight (padding (0, p)), 2 for r x 1 ((p, 0)); CPU, float32."""
-    for name, t in (("x", x), ("u", u)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"winograd_conv1d: {name} must be a tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"winograd_conv1d runs on the CPU: {name} is on {t.device}")
-        if t.dtype != torch.float32:
-            raise TypeError(f"winograd_conv1d runs in float32: {name} is {t.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"winograd_conv1d: x must be a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    _check_input("winograd_conv1d", x, u)
     if u.dim() != 3 or u.shape[0] not in (10, 6) or u.shape[1] != x.shape[1]:
         raise ValueError(f"winograd_conv1d: u must be (10, C, K) or (6, C, K) with C = {x.shape[1]} (x's channels), "
                          f"got {tuple(u.shape)}: make it with winograd_weight1d")
