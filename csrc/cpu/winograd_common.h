@@ -19,7 +19,7 @@ namespace winograd {
 // and 0.95x the direct time).
 constexpr int64_t kChunkBytes = 6 << 20;
 // Tiles a thread needs for the per-thread blocks (see run).
-constexpr int64_t kBlockTiles = 128;
+constexpr int64_t kBlockTiles = 16;
 
 // `lanes` floats (at most a vector's) from p into a vector, the lanes after them zero.
 IF_INLINE vec_t<float> load_lanes(const float* p, int64_t lanes) {
@@ -68,8 +68,10 @@ inline at::Tensor bias_only(at::Tensor& y, const c10::optional<at::Tensor>& bias
 // tiles, the batched GEMM by MKL's own split), each chunk's transformed input and products move between
 // the cores twice; on the 2-core VM that made the ops ~2x slower in 30-75% of processes, flipping with
 // time and with where the scratch buffer lay (inception_v3 batch 8: 340 vs 460 ms a forward; results
-// section 17), against 0.92-1.09x the split's best time for the blocks. Smaller layers (single-image
-// 17x17 and 28x28 maps) keep the split: their per-thread GEMMs are small (blocks 5-10% slower there).
+// section 17), against 0.92-1.09x the split's best time for the blocks. Single-image 17x17 maps too
+// (inception_v4 batch 1, its 64 1x7 / 7x1 / 1x3 / 3x1 layers: blocks 34.8-35.5 ms in 4 of 4 processes,
+// the split 32.3 ms in 1 of 4 and 45.5-46.2 in 3 of 4); only layers of fewer than 16 tiles a thread
+// (8x8 maps of one image) keep the split.
 template <class In, class Out>
 void run(int64_t tiles, int64_t a, int64_t c, int64_t k, const at::Tensor& u, const at::TensorOptions& opts,
          const In& in, const Out& out) {
