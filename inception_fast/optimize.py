@@ -203,7 +203,7 @@ class FoldedConv(nn.Module):
     def _winograd1d_dim(self, x: torch.Tensor) -> int | None:
         """The axis (2 for r x 1, 3 for 1 x r) along which this convolution on x runs as
         ops.winograd_conv1d (F(4, r)), or None: a float32 CPU 1x7 / 7x1 / 1x3 / 3x1 convolution, stride 1,
-        zero padding along its axis only, of 10 MFLOP or more, C K / (C + K) >= 20, with 8 outputs or
+        zero padding along its axis only (less than r), of 10 MFLOP or more, C K / (C + K) >= 20, with 8 outputs or
         more along the axis (two tiles of 4). Measured against the direct convolution on a 2-core Zen 4,
         alone: 1.6-1.95x on Inception-v4 / Inception-ResNet-v2 / Inception-v3's 17x17 maps of 128-320
         channels and 1.3-1.8x on their 8x8 maps of 192-512 (batch 1, 4 and 8)."""
@@ -220,7 +220,7 @@ class FoldedConv(nn.Module):
         k, c = w.shape[:2]
         out = x.shape[dim] + 2 * self.padding[dim - 2] - r + 1
         flops = 2 * x.shape[0] * c * k * r * out * x.shape[5 - dim]
-        return dim if c * k >= 20 * (c + k) and flops >= 10e6 and out >= 8 else None
+        return dim if self.padding[dim - 2] < r and c * k >= 20 * (c + k) and flops >= 10e6 and out >= 8 else None
 
     def _winograd_weight(self) -> torch.Tensor:
         w = self.weight

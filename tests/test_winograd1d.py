@@ -165,6 +165,7 @@ def _folded(c, k, kernel, padding):
     (192, 224, (1, 7), (0, 3), 5, 1, torch.float32, None),  # 5 outputs along the axis: less than two tiles
     (16, 32, (1, 7), (0, 3), 17, 1, torch.float32, None),   # narrow
     (192, 224, (1, 7), (3, 3), 17, 1, torch.float32, None),  # padding across the axis
+    (192, 224, (1, 7), (0, 7), 17, 1, torch.float32, None),  # padding the op does not take (r or more)
     (192, 224, (1, 7), (0, 3), 17, 1, torch.bfloat16, None),  # float32 only
 ])
 def test_optimize_takes_it_where_it_measured_faster(c, k, kernel, padding, hw, n, dtype, wanted):
