@@ -7,7 +7,8 @@
 // 144-189 GFLOP/s on a 2-core Zen 4 (MKL's batched GEMM), so a 3x3 layer on a 28x28 or larger map
 // takes 0.55-0.75x its direct time. GoogLeNet spends 68% of its FLOPs in such layers.
 //
-// Shapes: x (N, C, H, W) channels_last float32; u (16, C, K): the weight transformed once,
+// Shapes: x (N, C, H, W) float32 (channels_last or a channel slice of it: read in place; else copied
+// to channels_last); u (16, C, K): the weight transformed once,
 // u[4a + b] = (G g G^T)[a][b] for each (c, k) (inception_fast.ops.winograd_weight); bias (K) or
 // None; y (N, K, OH, OW) channels_last, act(conv2d(x, g, bias, stride 1, padding p)), act ReLU (NaN
 // kept) or none; OH = H + 2p - 2.

@@ -13,7 +13,7 @@ of 12 for r = 3 (csrc/cpu/winograd1d.cpp):
     y = winograd_conv1d(x, u, bias, dim, padding, relu)  # dim 3 for 1 x r, 2 for r x 1
 
 Inference: no autograd. optimize() runs the float32 convolutions where it measured faster on it
-(FoldedConv._winograd_pays).
+(FoldedConv._winograd_pays, FoldedConv._winograd1d_dim).
 """
 from __future__ import annotations
 
@@ -51,16 +51,21 @@ def _fake(x, u, bias, padding, relu):
         memory_format=torch.channels_last)
 
 
+# winograd_conv1d's transformed length A for each kernel length r (F(4, r): A = 4 + r - 1), and back
+_LENGTH = {7: 10, 3: 6}
+_TAPS = {a: r for r, a in _LENGTH.items()}
+
+
 def _fake1d(x, u, bias, dim, padding, relu):
     n, _, h, w = x.shape
-    r = 7 if u.shape[0] == 10 else 3
+    r = _TAPS[int(u.shape[0])]  # (the transformed length is static: it fixes the kernel)
     oh, ow = (h + 2 * padding - r + 1, w) if dim == 2 else (h, w + 2 * padding - r + 1)
     return x.new_empty((n, u.shape[2], oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
 def _fake_weight1d(weight):
-    r = weight.shape[2] * weight.shape[3]
-    return weight.new_empty((10 if r == 7 else 6, weight.shape[1], weight.shape[0]), dtype=torch.float32)
+    r = int(weight.shape[2] * weight.shape[3])
+    return weight.new_empty((_LENGTH[r], weight.shape[1], weight.shape[0]), dtype=torch.float32)
 
 
 if _library._ext.loaded():
@@ -133,12 +138,12 @@ def winograd_conv1d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
     """act(conv2d(x, weight, bias, stride 1, padding along dim)) for u = winograd_weight1d(weight): dim 3 for a
     1 x r weight (padding (0, p)), 2 for r x 1 ((p, 0)); CPU, float32."""
     _check_input("winograd_conv1d", x, u)
-    if u.dim() != 3 or u.shape[0] not in (10, 6) or u.shape[1] != x.shape[1]:
+    if u.dim() != 3 or u.shape[0] not in _TAPS or u.shape[1] != x.shape[1]:
         raise ValueError(f"winograd_conv1d: u must be (10, C, K) or (6, C, K) with C = {x.shape[1]} (x's channels), "
                          f"got {tuple(u.shape)}: make it with winograd_weight1d")
     if dim not in (2, 3):
         raise ValueError(f"winograd_conv1d: dim must be 2 (an r x 1 kernel) or 3 (1 x r), got {dim}")
-    r = 7 if u.shape[0] == 10 else 3
+    r = _TAPS[u.shape[0]]
     if not 0 <= padding < r:
         raise ValueError(f"winograd_conv1d: padding must be in [0, {r - 1}] for a {r}-tap kernel, got {padding}")
     if x.shape[dim] + 2 * padding < r:
