@@ -147,7 +147,14 @@ def main():
     p.add_argument("--reps", type=int, default=2, help="timed calls per contestant and round")
     p.add_argument("--compile", action="store_true", help="add torch.compile with freezing (minutes per model)")
     p.add_argument("--isolate", action="store_true", help="each contestant in a process of its own (see above)")
+    p.add_argument("--only", nargs="+", metavar="CONTESTANT",
+                   help="time only these contestants (and eager, the reference of the ratios), e.g. optimize_bf16 openvino_bf16")
     args = p.parse_args()
+    if args.only:
+        unknown = set(args.only) - set(contestant_names(True))
+        if unknown:
+            p.error(f"--only: no contestant {sorted(unknown)}; this machine has {contestant_names(True)}")
+        args.compile = args.compile or "compile_freezing" in args.only
     peaks = {"fp32": attainable_peak("cpu", torch.float32), "bf16": attainable_peak("cpu", torch.bfloat16)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak (best of matmul, 3x3 conv) fp32 {peaks['fp32'] / 1e9:.0f}, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; batch {args.batch}, median of {args.rounds} interleaved rounds of "
@@ -162,7 +169,7 @@ def main():
             ref = copy.deepcopy(model).set_fused(False)(x)
         flops = counter.get_total_flops()
         if args.isolate:
-            times, outs = _time_isolated(name, x, contestant_names(args.compile), args)
+            times, outs = _time_isolated(name, x, _chosen(args), args)
         else:
             times, outs = _time_together(model, x, args)
         med = {c: statistics.median(v) for c, v in times.items()}
@@ -173,9 +180,16 @@ def main():
                   f"{med['eager'] / med[c]:8.2f}x {err:9.1e}", flush=True)
 
 
+def _chosen(args):
+    """The contestants this run times, eager (the ratios' reference) always among them."""
+    names = contestant_names(args.compile)
+    return names if not args.only else [c for c in names if c == "eager" or c in args.only]
+
+
 def _time_together(model, x, args):
     """({contestant: seconds a call, per round}, {contestant: output}), all in this process."""
     fns = contestants(model, x, args.compile)
+    fns = {c: f for c, f in fns.items() if c in _chosen(args)}
     times = {c: [] for c in fns}
     with torch.no_grad():
         outs = {c: f(x) for c, f in fns.items()}  # warm-up (compilation, packing), and the error

@@ -159,7 +159,23 @@ class Program:
         times = []
         return self.run_python(x, times), times
 
-    def run_python(self, x: torch.Tensor, times: list | None = None):
+    def describe(self, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
+        """Each step's (arguments, outputs) on a run of x, in the order of `names`: a tensor as its
+        torch.Size, a list of tensors as a list of sizes, any other argument as it is (what the
+        profile of a step needs: the convolution's input, weight and output sizes)."""
+        def size(v):
+            if isinstance(v, torch.Tensor):
+                return v.shape
+            if isinstance(v, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in v):
+                return [size(t) for t in v]
+            return v
+
+        steps = []
+        self.run_python(x, trace=lambda args, outs: steps.append((tuple(size(a) for a in args),
+                                                                   tuple(size(o) for o in outs))))
+        return steps
+
+    def run_python(self, x: torch.Tensor, times: list | None = None, trace=None):
         vals = [None] * self.n_slots
         vals[0] = x
         for func, tmpl, kwargs, fills, list_fills, slots, kind, frees in self.steps:
@@ -178,6 +194,8 @@ class Program:
             else:
                 for s, t in zip(slots, out):
                     vals[s] = t
+            if trace is not None:
+                trace(a, [out] if kind == "tensor" else out)
             for s in frees:
                 vals[s] = None
             if times is not None:

@@ -821,11 +821,27 @@ class OptimizedModel(nn.Module):
         the slowest first, from `runs` timed replays of the recorded forward (each op's dispatch and
         kernels; the input conversion before them and the float32 output after them excluded).
         Raises where forward does not replay (a GPU model, replay=False, forward hooks)."""
+        names, per_step, _ = self._time_steps(x, runs, "op_times", describe=False)
+        calls, seconds = collections.Counter(names), collections.defaultdict(float)
+        for name, t in zip(names, per_step):
+            seconds[name] += t
+        return sorted(((name, calls[name], seconds[name]) for name in calls), key=lambda r: -r[2])
+
+    def step_times(self, x: torch.Tensor, runs: int = 20) -> list[tuple[str, tuple, tuple, float]]:
+        """op_times() step by step, in the order the forward runs them: (op, its arguments, its
+        outputs, median seconds), a tensor given as its torch.Size (`Program.describe`), e.g. an
+        `onednn_conv` step's input, packed weight, weight size, bias, stride, padding, post-op."""
+        names, per_step, steps = self._time_steps(x, runs, "step_times", describe=True)
+        return [(name, args, outs, t) for name, (args, outs), t in zip(names, steps, per_step)]
+
+    def _time_steps(self, x: torch.Tensor, runs: int, caller: str, describe: bool):
+        """(the recorded forward's op names, median seconds of each step over `runs` timed replays,
+        each step's (arguments, outputs) sizes where `describe`, else None)."""
         if self._programs is None or not isinstance(x, torch.Tensor) or x.device.type != "cpu":
-            raise ValueError("op_times() times the replay of a recorded CPU forward: it needs a CPU input and a "
+            raise ValueError(f"{caller}() times the replay of a recorded CPU forward: it needs a CPU input and a "
                              "model optimize()d with replay=True")
         if runs < 1:
-            raise ValueError(f"op_times(): runs must be at least 1, got {runs}")
+            raise ValueError(f"{caller}(): runs must be at least 1, got {runs}")
         extra = (_settings_key(), self._switches())
         with self._scope(x):
             xin, _ = self._input(x)
@@ -835,14 +851,12 @@ class OptimizedModel(nn.Module):
                 self._programs(xin, extra)
             prog = self._programs.get(xin, extra)
             if prog is None:
-                raise RuntimeError("op_times(): this forward is not replayed (forward hooks, or a recording "
+                raise RuntimeError(f"{caller}(): this forward is not replayed (forward hooks, or a recording "
                                    "refused: see the warning)")
+            steps = prog.describe(xin) if describe else None
             per_run = [prog.run_timed(xin)[1] for _ in range(runs)]
         per_step = [statistics.median(t[k] for t in per_run) for k in range(len(prog.names))]
-        calls, seconds = collections.Counter(prog.names), collections.defaultdict(float)
-        for name, t in zip(prog.names, per_step):
-            seconds[name] += t
-        return sorted(((name, calls[name], seconds[name]) for name in calls), key=lambda r: -r[2])
+        return prog.names, per_step, steps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with self._scope(x):

@@ -316,6 +316,22 @@ def test_run_timed_gives_runs_bits_and_a_time_per_step():
         assert len(times) == len(prog.names) == len(prog) and all(t > 0 for t in times)
 
 
+def test_describe_gives_each_steps_argument_and_output_sizes():
+    m = _Glue()
+    progs = Programs(m, m)
+    x = torch.randn(3, 5, 5, 5)
+    progs(x), progs(x)
+    (prog,) = progs.programs.values()
+    steps = prog.describe(torch.randn(3, 5, 5, 5))
+    assert len(steps) == len(prog.names)
+    args, outs = steps[0]  # split: the input, the sizes, the dim; two outputs
+    assert prog.names[0] == "aten::split_with_sizes.default"
+    assert args == (torch.Size([3, 5, 5, 5]), [2, 3], 1) and outs == (torch.Size([3, 2, 5, 5]), torch.Size([3, 3, 5, 5]))
+    k = prog.names.index("aten::cat.default")  # a list of tensors: a list of sizes
+    (tensors, dim), (out,) = steps[k][0][:2], steps[k][1]
+    assert [t[1] for t in tensors] == [3, 3, 2] and dim == 1 and out == torch.Size([3, 8, 5, 5])
+
+
 def test_op_times_says_where_a_forward_goes():
     model = _googlenet()
     fast = optimize(model)
@@ -333,9 +349,17 @@ def test_op_times_says_where_a_forward_goes():
         assert rows[0][0] in (conv, "inception_fast::winograd_conv3x3.default")
         assert calls[conv] + calls.get("inception_fast::winograd_conv3x3.default", 0) == 3 + 9 * 4 + 1
     assert "inception_fast::max_pool.default" in names
+    steps = fast.step_times(x, runs=2)  # the same steps one by one, in order, with their sizes
+    assert [s[0] for s in steps] == list(prog.names) and all(s[3] > 0 for s in steps)
+    if conv is not None:
+        (args, outs) = next((s[1], s[2]) for s in steps if s[0] == conv)  # the stem: 7x7 stride 2, 3 -> 64
+        assert args[0] == torch.Size([1, 3, 96, 96]) and list(args[2]) == [64, 3, 7, 7] and list(args[4]) == [2, 2]
+        assert outs == (torch.Size([1, 64, 48, 48]),)
     assert torch.equal(fast(x), optimize(model, replay=False)(x))  # timing changed nothing
     with pytest.raises(ValueError, match="runs must be at least 1"):
         fast.op_times(x, runs=0)
+    with pytest.raises(ValueError, match=r"step_times\(\): runs must be at least 1"):
+        fast.step_times(x, runs=0)
     with pytest.raises(ValueError, match="replay=True"):
         optimize(model, replay=False).op_times(x)
     fast.register_forward_hook(lambda *a: None)
