@@ -184,6 +184,9 @@ def main(argv=None):
     for name in args.models:
         a = profile("optimize", name, args.batch, dtype, args.runs)
         b = profile(args.against, name, args.batch, dtype, args.runs)
+        for side, groups in (("optimize", a), (args.against, b)):
+            if not any(k.startswith("conv") for k in groups):  # a profile format this script does not read
+                raise RuntimeError(f"{name}: no convolution found in {side}'s profile (groups: {sorted(groups)})")
         total_a, total_b = (sum(g[1] for g in s.values()) for s in (a, b))
         print(f"\n{name}: optimize() {total_a * 1e3:.1f} ms of steps a forward, {args.against} {total_b * 1e3:.1f} ms of "
               f"layers ({total_b / total_a:.3f}x)")
