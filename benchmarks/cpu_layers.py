@@ -158,10 +158,13 @@ def profile(side, name, batch, dtype, runs):
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(side, name, batch, dtype, runs, queue), daemon=True)
     proc.start()
-    try:
-        groups = queue.get(timeout=1800)
-    except Exception:
-        raise RuntimeError(f"the {side} worker for {name} died (its traceback is above)") from None
+    while True:  # (a worker that raised never puts: stop waiting when it is gone)
+        try:
+            groups = queue.get(timeout=1)
+            break
+        except Exception:
+            if not proc.is_alive() and queue.empty():
+                raise RuntimeError(f"the {side} worker for {name} died (its traceback is above)") from None
     proc.join()
     return groups
 
