@@ -301,12 +301,18 @@ def test_without_the_cpp_replay_programs_replay_from_python_and_say_so(monkeypat
     assert all(torch.equal(g, w) for g, w in zip(progs(x), m(x)))
 
 
-def test_run_timed_gives_runs_bits_and_a_time_per_step():
+def _glue_program():
+    """(_Glue(), its forward recorded on a (3, 5, 5, 5) input)."""
     m = _Glue()
     progs = Programs(m, m)
     x = torch.randn(3, 5, 5, 5)
-    progs(x), progs(x)
+    progs(x), progs(x)  # the first call runs, the second records
     (prog,) = progs.programs.values()
+    return m, prog
+
+
+def test_run_timed_gives_runs_bits_and_a_time_per_step():
+    m, prog = _glue_program()
     assert prog.names[0] == "aten::split_with_sizes.default" and "aten::cat.default" in prog.names
     x = torch.randn(3, 5, 5, 5)
     want = m(x)
@@ -317,11 +323,7 @@ def test_run_timed_gives_runs_bits_and_a_time_per_step():
 
 
 def test_describe_gives_each_steps_argument_and_output_sizes():
-    m = _Glue()
-    progs = Programs(m, m)
-    x = torch.randn(3, 5, 5, 5)
-    progs(x), progs(x)
-    (prog,) = progs.programs.values()
+    _, prog = _glue_program()
     steps = prog.describe(torch.randn(3, 5, 5, 5))
     assert len(steps) == len(prog.names)
     args, outs = steps[0]  # split: the input, the sizes, the dim; two outputs
