@@ -213,6 +213,15 @@ def test_global_avg_pool(benchmark, case, contestant, dtype):
         run(benchmark, fn[contestant], "cpu", contestant=contestant, bytes=x.numel() * x.element_size())
 
 
+def _winograd_skips(op: str, contestant: str) -> None:
+    """A Winograd benchmark's skips: its kernel is the CPU's; its "direct" contestant needs a kept oneDNN
+    convolution (inception_fast._onednn)."""
+    if "cpu" not in devices():
+        pytest.skip(f"{op}'s kernel is the CPU's")
+    if contestant == "direct" and not onednn_conv_available():
+        pytest.skip("inception_fast._onednn is not built: no kept oneDNN convolution to compare with")
+
+
 # ---- winograd_conv3x3 ------------------------------------------------------------------------------
 # float32 3x3 convolutions as optimize() runs them: GoogLeNet's inception3b 128->192 at 28x28 and
 # Inception-v3's Mixed_5b 64->96 at 35x35 (batch 1), Inception-v4's Inception-A 96->96 at 35x35 (batch
@@ -224,10 +233,7 @@ WINO_CASES = [(1, 64, 96, 35)] if QUICK else [(1, 128, 192, 28), (1, 64, 96, 35)
 @pytest.mark.parametrize("contestant", ["eager", "direct", "fused-cpu"])
 @pytest.mark.parametrize("case", WINO_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[3]}x{c[3]}-to-{c[2]}")
 def test_winograd_conv3x3(benchmark, case, contestant):
-    if "cpu" not in devices():
-        pytest.skip("winograd_conv3x3's kernel is the CPU's")
-    if contestant == "direct" and not onednn_conv_available():
-        pytest.skip("inception_fast._onednn is not built: no kept oneDNN convolution to compare with")
+    _winograd_skips("winograd_conv3x3", contestant)
     n, c, k, hw = case
     x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(k, c, 3, 3) / (3 * c ** 0.5), torch.randn(k)
@@ -258,10 +264,7 @@ WINO1D_CASES = [(1, 192, 224, 17, 7)] if QUICK else [(1, 192, 224, 17, 7), (8, 1
 @pytest.mark.parametrize("contestant", ["eager", "direct", "fused-cpu"])
 @pytest.mark.parametrize("case", WINO1D_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[3]}x{c[3]}-to-{c[2]}-1x{c[4]}")
 def test_winograd_conv1d(benchmark, case, contestant):
-    if "cpu" not in devices():
-        pytest.skip("winograd_conv1d's kernel is the CPU's")
-    if contestant == "direct" and not onednn_conv_available():
-        pytest.skip("inception_fast._onednn is not built: no kept oneDNN convolution to compare with")
+    _winograd_skips("winograd_conv1d", contestant)
     n, c, k, hw, r = case
     x = torch.randn(n, 2 * c, hw, hw).contiguous(memory_format=torch.channels_last)[:, c // 2:c // 2 + c]
     w, b = torch.randn(k, c, 1, r) / (r * c) ** 0.5, torch.randn(k)
