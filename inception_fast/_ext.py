@@ -1,9 +1,11 @@
 """Loading the compiled extension inception_fast._C (the C++/CUDA kernels and the op schemas).
 
-The package works without it -- every op then runs on the next backend that is available and,
-last, on the eager reference -- but it says so (inception_fast.ops._backend warns once).
+The package works without it -- every op then runs on its eager reference, optimize() on ATen, and
+the memory pool and native replay are off -- and says so once, at import, naming the cause.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -52,3 +54,18 @@ except (ImportError, OSError) as e:
 
 def onednn_loaded() -> bool:
     return _onednn is not None
+
+
+def missing_warning() -> str | None:
+    """What the package runs without, and why, when _C did not load (None when it did)."""
+    if loaded():
+        return None
+    onednn = "" if onednn_loaded() else f"; inception_fast._onednn: {ONEDNN_ERROR}"
+    return (f"inception_fast: the compiled extension inception_fast._C did not load ({LOAD_ERROR}{onednn}). "
+            "Every op runs on its eager PyTorch reference and optimize() on ATen: the same numbers, without the "
+            f"fused kernels' speed. Rebuild against this torch ({torch.__version__}) with "
+            "`pip install --no-build-isolation -e .` to get them.")
+
+
+if not loaded():
+    warnings.warn(missing_warning(), RuntimeWarning, stacklevel=2)

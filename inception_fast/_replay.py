@@ -227,7 +227,7 @@ def _native(steps, frees, n_slots: int, out_slots):
                             list(slots), list(frees.get(k, ())))
         return native
     except Exception as e:  # an op the dispatcher does not know by name, an argument it cannot take
-        if not _native_warned:
+        if not _native_warned and _ext.loaded():  # (a missing _C was reported at import)
             _native_warned = True
             warnings.warn(f"inception_fast.optimize: recorded forwards replay from Python, slower at small batches "
                           f"({type(e).__name__}: {e})", stacklevel=4)

@@ -35,7 +35,7 @@ def available() -> bool:
 
 def _unavailable(why: str) -> None:
     global _warned
-    if not _warned:
+    if not _warned and _ext.loaded():  # (a missing _C was reported at import)
         _warned = True
         warnings.warn(f"inception_fast: the CPU memory pool is unavailable ({why}); allocations go to "
                       "torch's default CPU allocator", stacklevel=3)

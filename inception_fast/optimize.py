@@ -74,7 +74,7 @@ def _onednn_kept() -> bool:
     """Whether inception_fast._onednn (convolutions on oneDNN primitives created once and kept) is
     here; without it, ATen's oneDNN convolution runs, which makes the primitive's descriptor again
     on every call (15-50 us a convolution)."""
-    if not _ext.onednn_loaded():
+    if not _ext.onednn_loaded() and _ext.loaded():  # (without _C, import reported both)
         warnings.warn("inception_fast.optimize: inception_fast._onednn is not available "
                       f"({_ext.ONEDNN_ERROR or 'not built'}; install onednn-cpu-gomp and onednn-devel-cpu-gomp, then "
                       "rebuild); CPU convolutions run through ATen's oneDNN convolution", stacklevel=3)

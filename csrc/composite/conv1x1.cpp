@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor
     const at::Tensor x3 = x.reshape({n, c, h * w});
     if (output_mask[0]) grad_x = at::matmul(wm.t(), g3).view({n, c, h, w});
     if (output_mask[1]) grad_w = at::bmm(g3, x3.transpose(1, 2)).sum(0).view({o, c, 1, 1});
-    if (output_mask[2]) grad_b = g3.sum({0, 2});
+    if (output_mask[2]) grad_b = g3.sum(at::IntArrayRef{0, 2});
   }
   return {grad_x, grad_w, grad_b};
 }

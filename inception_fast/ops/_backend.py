@@ -126,7 +126,8 @@ def _resolve(requested: str, x: torch.Tensor, op: str) -> str:
     for backend in candidates:
         reason = unavailable_reason(backend, x.device, x.dtype)
         if reason is None:
-            if backend != candidates[0]:
+            # (with "auto", a missing _C was reported at import)
+            if backend != candidates[0] and (requested != "auto" or _ext.loaded()):
                 warn_once((requested, x.device.type, x.dtype, backend),
                           f"inception_fast: backend {candidates[0]!r} cannot run {op} here: {first_reason}; "
                           f"using {backend!r} instead")

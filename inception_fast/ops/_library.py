@@ -51,6 +51,9 @@ def namespace(backend: str):
 
 
 def _namespaces() -> list[str]:
+    """The op namespaces that exist: none without the extension, whose schemas declare them."""
+    if not _ext.loaded():
+        return []
     return [_ext.OPS_NAMESPACE] + ([_ext.TRITON_NAMESPACE] if _triton_lib is not None else [])
 
 
