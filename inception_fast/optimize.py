@@ -69,6 +69,27 @@ def _onednn_pointwise() -> bool:
     return ok
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX on x86, BF16 on Arm):
+    without it oneDNN converts every operand to float32 and bfloat16 runs slower than float32."""
+    if hasattr(torch.cpu, "_is_avx512_bf16_supported") and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {w for line in f if line.lower().startswith(("flags", "features")) for w in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_emulated_bf16() -> None:
+    warnings.warn("inception_fast.optimize: this CPU has no bfloat16 arithmetic (no AVX-512 BF16, AMX or Arm BF16): "
+                  "oneDNN emulates it and dtype=torch.bfloat16 runs several times slower than float32 here; "
+                  "use optimize(model) (float32) for speed", RuntimeWarning, stacklevel=3)
+
+
 @functools.lru_cache(maxsize=None)
 def _onednn_kept() -> bool:
     """Whether inception_fast._onednn (convolutions on oneDNN primitives created once and kept) is
@@ -893,6 +914,8 @@ def optimize(model: nn.Module, *, dtype: torch.dtype | None = None, channels_las
                          f"{device}")
     if dtype == torch.float16 and device.type == "cpu":
         raise TypeError("optimize(dtype=torch.float16) is for GPUs: on the CPU use torch.bfloat16")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        _warn_emulated_bf16()
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
         if isinstance(net, BNInception):

@@ -2,17 +2,27 @@
 # Sets up a virtual environment (.venv, or $VENV) with torch and builds inception_fast in place.
 # Idempotent: a second run reuses what is there. CUDA kernels are built when torch has CUDA and a
 # toolkit is found (CUDA_HOME, default /usr/local/cuda); FORCE_CUDA=0 / 1 skips / insists on them.
+# TORCH=2.11.0 (or 2.15.0) sets the venv up on another tested torch, with its torchvision
+# (and, on 2.11, the numpy that triton 3.6's interpreter runs with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+TORCH=${TORCH:-2.14.1}
+case "$TORCH" in
+  2.11.0) TORCH_PINS=(torch==2.11.0 torchvision==0.26.0 "numpy<2.3") ;;
+  2.14.1) TORCH_PINS=(torch==2.14.1 torchvision==0.29.1) ;;
+  2.15.0) TORCH_PINS=(torch==2.15.0 torchvision==0.29.2) ;;
+  *) echo "scripts/setup.sh: TORCH=$TORCH is not one of the tested versions 2.11.0, 2.14.1, 2.15.0" >&2; exit 2 ;;
+esac
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip setuptools wheel
-# torchvision 0.29 is built for torch 2.14: install the pair first, then build against that torch.
-python -c "import torch, torchvision" 2>/dev/null || python -m pip install -q torch==2.14.1 torchvision==0.29.1
+# torch and its torchvision first, as a pair; then the extension is built against that torch.
+python -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null \
+  || python -m pip install -q "${TORCH_PINS[@]}"
 python -m pip install -q numpy pybind11 ninja
 # oneDNN (GNU OpenMP build, the runtime torch uses) and its headers, for inception_fast._onednn:
 # optimize()'s CPU convolutions on primitives kept between calls. Without them the package builds

@@ -8,6 +8,7 @@ descriptions it compiles against the blocks' own forward.
   is left unchanged; NaN in gives NaN out; training and wrong inputs are refused with clear errors.
 """
 import copy
+import warnings
 
 import pytest
 import torch
@@ -172,6 +173,25 @@ def test_nan_in_nan_out():
     assert torch.isfinite(y[0]).all() and torch.isnan(expected[1]).all()
     assert torch.isnan(y[1]).all()
     assert torch.isnan(net.forward_features(x)[1]).all() and torch.isfinite(net.forward_features(x)[0]).all()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_without_native_support_warns_once_naming_float32(monkeypatch, native):
+    """On a CPU without bfloat16 arithmetic oneDNN emulates it, slower than float32: optimize() says so."""
+    import sys
+    impl = sys.modules["inception_fast.optimize"]
+    monkeypatch.setattr(impl, "cpu_has_native_bf16", lambda: native)
+    impl._warn_emulated_bf16.cache_clear()
+    model = models.googlenet(init_weights=False, aux_logits=False).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimize(model, dtype=torch.bfloat16)
+        optimize(model, dtype=torch.bfloat16)
+        optimize(model)
+    said = [str(w.message) for w in caught if "no bfloat16 arithmetic" in str(w.message)]
+    assert len(said) == (0 if native else 1), said
+    assert native or "float32" in said[0]
+    impl._warn_emulated_bf16.cache_clear()
 
 
 def test_bad_use_is_refused():

@@ -95,13 +95,33 @@ def test_models_in_training_mode_give_the_aux_outputs_the_loss_weighs(tiny, tmp_
 
 
 # ---- runs ----------------------------------------------------------------------------------------
-def test_short_run_lowers_the_training_loss(tiny, tmp_path):
-    args = _args(tmp_path, tiny / "train", epochs=6)
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """24 noisy images whose class is their dominant colour: a task a network learns within a few
+    steps whatever the rounding of the CPU's kernels (unlike the demo's shapes in random colours,
+    whose loss stays near log 3 for 18 steps on some CPUs)."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("colours")
+    gen = torch.Generator().manual_seed(0)
+    for c, label in enumerate(("red", "green", "blue")):
+        (root / label).mkdir()
+        for i in range(8):
+            img = torch.randint(0, 120, (48, 48, 3), generator=gen, dtype=torch.uint8)
+            img[..., c] += 120
+            Image.fromarray(img.numpy()).save(root / label / f"{i}.png")
+    return root
+
+
+def test_short_run_lowers_the_training_loss(colours, tmp_path):
+    args = _args(tmp_path, colours, epochs=6)
     train.train(args)
     out = Path(args.out)
     history = __import__("json").loads((out / "history.json").read_text())
     assert len(history) == 6
-    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1, history
+    # Batch-8 BatchNorm and augmentation make each epoch's loss noisy (+-0.3): the last three
+    # epochs together against the first (seen: 0.16-0.41 of it over ten seeds).
+    first, last3 = history[0]["train_loss"], sum(h["train_loss"] for h in history[-3:]) / 3
+    assert last3 < 0.6 * first, history
     for f in ("last.pt", "best.pt", "history.csv", "curves.png"):
         assert (out / f).is_file(), f
     assert "train_images_per_s" in (out / "history.csv").read_text().splitlines()[0]
