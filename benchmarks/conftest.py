@@ -9,6 +9,8 @@ same run.
   INCEPTION_FAST_BENCH_MODELS=inception_v3,googlenet   # time these models only, in this order
   INCEPTION_FAST_BENCH_DEVICE=cuda ...                 # time one device only
   INCEPTION_FAST_BENCH_MALLOC=default ...              # keep glibc's allocator settings (see below)
+
+Whatever the files' order, the torch.compile contestants run last (pytest_collection_modifyitems).
 """
 import ctypes
 import ctypes.util
@@ -199,6 +201,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         _op_rows(tr, ops_groups)
     if model_groups:
         _model_rows(tr, model_groups)
+
+
+def _contestant(item) -> str:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "contestant" in params:
+        return params["contestant"]
+    pair = params.get("pair")  # test_ops.py: (case, contestant)
+    return pair[1] if isinstance(pair, tuple) else ""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Every torch.compile contestant last (max-autotune searches kernels for minutes per model, so a
+    run with a deadline, as the GPU check's, times everything else first), and within test_models.py
+    model by model (a model's inference and training step before the next model's) in
+    INCEPTION_FAST_BENCH_MODELS order; otherwise the order of the files."""
+    from zoo import MODEL_NAMES
+
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, len(files))
+
+    def key(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        model = params.get("name") if item.path.name == "test_models.py" else None
+        return (_contestant(item).startswith("compile"), files[item.path],
+                MODEL_NAMES.index(model) if model in MODEL_NAMES else -1)
+
+    items.sort(key=key)
 
 
 @pytest.fixture(autouse=True)

@@ -268,7 +268,10 @@ class FoldedConv(nn.Module):
             post_op = (1 if self.relu else 0) | (0 if other is None else 2)
             return torch.ops.inception_fast.onednn_conv(x, self._onednn_packed(x, post_op), list(w.shape), b,
                                                         self.stride, self.padding, post_op, other)
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _onednn_pointwise():
+        # (torch 2.11's oneDNN fails to make the add-fused primitive for a 1x1 output map, "could not
+        # create a memory": such maps, only met at small inputs, take conv2d below)
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _onednn_pointwise() \
+                and (other is None or other.shape[-2] * other.shape[-1] > 1):
             w = self._packed_weight(x) if w.dtype == x.dtype and not torch.is_grad_enabled() else w
             act = "relu" if self.relu else "none"
             if other is None:

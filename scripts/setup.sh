@@ -3,7 +3,8 @@
 # Idempotent: a second run reuses what is there. CUDA kernels are built when torch has CUDA and a
 # toolkit is found (CUDA_HOME, default /usr/local/cuda); FORCE_CUDA=0 / 1 skips / insists on them.
 # TORCH=2.11.0 (or 2.15.0) sets the venv up on another tested torch, with its torchvision
-# (and, on 2.11, the numpy that triton 3.6's interpreter runs with).
+# (and, on 2.11, the numpy that triton 3.6's interpreter runs with). Above the torch this machine's pip
+# configuration caps (2.14.1), run it with PIP_CONFIG_FILE=/dev/null.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -24,6 +25,8 @@ python -m pip install -q --upgrade pip setuptools wheel
 python -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null \
   || python -m pip install -q "${TORCH_PINS[@]}"
 python -m pip install -q numpy pybind11 ninja
+# INSTALL_ONLY=1: torch and the build tools, nothing built (CI fetches a leg's torch while it builds another)
+[ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
 # oneDNN (GNU OpenMP build, the runtime torch uses) and its headers, for inception_fast._onednn:
 # optimize()'s CPU convolutions on primitives kept between calls. Without them the package builds
 # and runs, and optimize() says it uses ATen's oneDNN convolution instead.

@@ -46,10 +46,11 @@ _SCRIPT = textwrap.dedent("""
             report["cases"][case_id] = {"fused": rel_err(fused, ref), "optimize": rel_err(opt, ref)}
 
         # a training step of the fused path against the reference path: the same loss and gradients
+        # (in float64: a float32 step of many batch-statistics BatchNorms at a small input is chaotic)
         from inception_fast import models
         from inception_fast.layers import use_fused
-        net = models.googlenet(num_classes=5, aux_logits=False, drop_rate=0.0).train()
-        x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        net = models.googlenet(num_classes=5, aux_logits=False, drop_rate=0.0).double().train()
+        x, y = torch.randn(4, 3, 64, 64, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
         grads = {}
         for fused in (True, False):
             net.zero_grad()
@@ -86,4 +87,4 @@ def test_without_the_extension_the_models_give_the_peers_numbers():
     for case_id, errs in ran.items():
         assert errs["fused"] < 1e-5, (case_id, errs)
         assert errs["optimize"] < 1e-4, (case_id, errs)  # BatchNorm folded into the weights
-    assert report["train_grad"] < 1e-4  # the merged 1x1 GEMMs sum in another order
+    assert report["train_grad"] < 1e-6

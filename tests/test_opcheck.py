@@ -67,6 +67,8 @@ def test_bn_stats_train(device, dtype, layout, stats_dtype):
     # batch mean, rsqrt(var + eps), running statistics moved by momentum towards the batch's (the
     # variance unbiased) -- also with running statistics in another dtype than the arithmetic's; and
     # opcheck (schema, fake kernel, the in-place mutation).
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA kernels take float16, bfloat16 and float32, not float64 (ops/_backend.py)")
     C, momentum, eps = 5, 0.1, 1e-3
     x = rand_act((3, C, 4, 6), dtype, layout, device)
     acc = torch.float64 if dtype == torch.float64 else torch.float32

@@ -18,8 +18,8 @@
 //    k x k convolution of r from shared memory, bias + ReLU, into the output slice. The reduced
 //    tensor never goes to device memory.
 // Each kernel is the simplest form that is right (one thread per output element, the weights read
-// from global memory / L1); how fast it is has to be measured on a GPU (python -m
-// inception_fast.gpucheck) before the backend is made the default.
+// from global memory / L1); how fast it is has to be measured on a GPU (python3
+// tools/gpucheck.py) before the backend is made the default.
 #pragma once
 
 #include <c10/macros/Macros.h>

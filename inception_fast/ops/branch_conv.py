@@ -159,7 +159,7 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
             _backend.unavailable_reason("triton", x.device, x.dtype) is None:
         # The CUDA C++ kernels (csrc/cuda/branch_conv.cu: the fused reduce + k x k tile) are checked
         # through their CPU emulation but not yet timed on a GPU: Triton's tensor-core implicit GEMM
-        # stays the default until `python -m inception_fast.gpucheck` has timed both; use_backend("cuda")
+        # stays the default until `python3 tools/gpucheck.py` has timed both; use_backend("cuda")
         # runs them.
         backend = "triton"
     return getattr(_library.namespace(backend), "branch_conv")(*args)
