@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tests._peers import randomise  # BatchNorm statistics away from (0, 1), as the model tests do
 from tools.pytest_deadline import REASON, deadline
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -163,7 +164,7 @@ def _block(model_name, path):
     from inception_fast import models
 
     torch.manual_seed(0)
-    return _randomise_bn(models.create_model(model_name)).get_submodule(path).eval()
+    return randomise(models.create_model(model_name)).get_submodule(path).eval()
 
 
 def branch_conv(shape, dtype, backend, device, model_name, path):
@@ -232,20 +233,6 @@ def op_checks(device: str, backends: list[str], small: bool) -> list[Check]:
 
 
 # ---- the models --------------------------------------------------------------------------------------
-def _randomise_bn(model):
-    """BatchNorm statistics and affine parameters away from (0, 1), which would hide a swapped mean/var
-    and make folding them into the convolutions a no-op."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                if m.weight is not None:
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.1)
-    return model
-
-
 def _model(name, small):
     from inception_fast import models
 
@@ -296,7 +283,7 @@ def optimize_forward(name, dtype, device, small):
     from inception_fast import optimize
 
     model, side = _model(name, small)
-    model = _randomise_bn(model).to(device).eval()
+    model = randomise(model).to(device).eval()
     batch = 2 if small else 32
     x = torch.randn(batch, 3, side, side, device=device)
     with torch.no_grad():
