@@ -48,6 +48,10 @@ class _PathMixin:
     __jit_ignored_attributes__ = ["fused"]  # Python-only: TorchScript compiles the reference path
 
     def _use_fused(self) -> bool:
+        # ONNX has no kernels of ours: under torch.onnx.export (both exporters) the reference path's
+        # standard ops are exported, which ONNX Runtime fuses itself (BatchNorm into the convolutions).
+        if torch.onnx.is_in_onnx_export():
+            return False
         return fused_enabled() if self.fused is None else self.fused
 
 

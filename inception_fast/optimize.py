@@ -804,6 +804,10 @@ class OptimizedModel(nn.Module):
         return stack
 
     def forward(self, x: torch.Tensor):
+        if torch.onnx.is_in_onnx_export():
+            raise RuntimeError("an optimize()d model does not export to ONNX (its convolutions are kept oneDNN "
+                               "primitives and ops of inception_fast): export the model itself, "
+                               "torch.onnx.export(model, ...); ONNX Runtime folds its BatchNorms as optimize() does")
         if self._whole and type(x) is torch.Tensor and x.is_cpu:
             # A CPU input of a shape and dtype whose forward was recorded: the input conversion, the
             # recorded ops and the float32 output in one C++ call (Replay.run_model), unless hooks
