@@ -50,7 +50,8 @@ class _PathMixin:
     def _use_fused(self) -> bool:
         # ONNX has no kernels of ours: under torch.onnx.export (both exporters) the reference path's
         # standard ops are exported, which ONNX Runtime fuses itself (BatchNorm into the convolutions).
-        if torch.onnx.is_in_onnx_export():
+        # (is_in_onnx_export costs ~1 us a call: asked only while tracing or exporting)
+        if (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
             return False
         return fused_enabled() if self.fused is None else self.fused
 
