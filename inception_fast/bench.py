@@ -366,12 +366,13 @@ def _device(name: str) -> str:
     return name
 
 
+# The options of `inception-fast bench` and `inception-fast report`; inception_fast.cli builds the parsers.
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     from inception_fast.models import list_models
 
     p.add_argument("--models", nargs="+", default=None, choices=list_models(), metavar="NAME",
                    help=f"models to time (default: all six: {', '.join(list_models())})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if visible")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on the CPU, bfloat16 on a GPU (autocast for the training step)")
     p.add_argument("--batch", type=int, default=None, help="inference batch (default 8 on the CPU, 64 on a GPU)")
@@ -381,7 +382,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per contestant (default 3 / 20)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on a GPU")
-    p.add_argument("--only", choices=["inference", "training"], default=None)
+    p.add_argument("--only", choices=["inference", "training"], default=None, help="one pass (default: both)")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the reference path (mode max-autotune on a GPU); compiling takes "
                         "minutes per model")
@@ -389,7 +390,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile's backend (implies --compile; default inductor; aot_eager captures the "
                         "graph without generating code)")
     p.add_argument("--json", default=None, help="also write the results (with the machine) to this JSON file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines while timing")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("json", help="inception-fast bench --json output, or pytest-benchmark --benchmark-json output")
+    p.add_argument("--out", default=None, help="folder for the .md and .png (default: next to the JSON)")
+    p.add_argument("--no-chart", action="store_true", help="only the Markdown table")
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -418,23 +425,21 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inception-fast", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    b = sub.add_parser("bench", help="time the models: eager vs inception_fast, inference and a training step")
-    add_bench_arguments(b)
-    r = sub.add_parser("report", help="Markdown table and PNG chart from benchmark JSON")
-    r.add_argument("json", help="inception-fast bench --json output, or pytest-benchmark --benchmark-json output")
-    r.add_argument("--out", default=None, help="folder for the .md and .png (default: next to the JSON)")
-    r.add_argument("--no-chart", action="store_true", help="only the Markdown table")
-    return parser
+    """The `inception-fast` parser (inception_fast.cli), whose bench and report take the options above."""
+    from inception_fast import cli
+
+    return cli.build_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m inception_fast.bench [bench|report] OPTIONS`: the `inception-fast` command, bench when
+    the first word is an option or there is none (so `--help` here is bench's)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-"):
         argv = ["bench", *argv]  # `python -m inception_fast.bench --models ...`
-    args = build_parser().parse_args(argv)
-    return {"bench": bench_main, "report": report_main}[args.command](args)
+    from inception_fast import cli
+
+    return cli.run(argv)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,16 @@ What a run does:
 - scale-out: under torchrun, DistributedDataParallel with a DistributedSampler, BatchNorm statistics
   over the global batch (nn.SyncBatchNorm, which the fused bn_relu honours by all-reducing its sums),
   logging and checkpoints on rank 0; gloo on the CPU, nccl on GPUs. --batch-size is the global batch.
+
+The recipes and the loss are in _train_recipes.py, checkpoints and the history in _train_records.py;
+their names are importable from here. The run, evaluation and the options are in this file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -41,116 +42,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inception_fast import models
-from inception_fast.data import ImageFolderData, SampleSet, collate, eval_transform, make_demo_data, train_transform
+from inception_fast._train_recipes import (  # noqa: F401  (the recipes and loss, importable from here)
+    FINETUNE,
+    RECIPES,
+    Recipe,
+    loss_fn,
+    lr_factor,
+    make_optimizer,
+    recipe_for,
+    split_outputs,
+    topk_correct,
+)
+from inception_fast._train_records import (  # noqa: F401  (checkpoints and history, importable from here)
+    _epoch_line,
+    _unwrap,
+    load_checkpoint,
+    plot_history,
+    save_atomic,
+    write_history,
+)
+from inception_fast.data import (
+    ImageFolderData,
+    SampleSet,
+    collate,
+    eval_transform,
+    make_demo_data,
+    train_transform,
+)
 from inception_fast.layers import sync_batchnorm
 
-
-# ---- recipes -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    """One training recipe. lr is used as given (the papers' values were per replica of batch 32)."""
-
-    optimizer: str                  # "sgd" | "rmsprop" | "adamw"
-    lr: float
-    weight_decay: float
-    schedule: str = "step"          # "step": lr * decay_rate ** floor(epoch / decay_every); "cosine"
-    decay_every: float = 2.0        # epochs
-    decay_rate: float = 0.94
-    warmup_epochs: float = 0.0
-    momentum: float = 0.9
-    rmsprop_alpha: float = 0.9      # RMSProp's decay
-    rmsprop_eps: float = 1.0
-    label_smoothing: float = 0.0
-    clip_grad: float | None = None  # max global gradient norm
-    aux_weight: float = 0.0         # weight of each auxiliary classifier's loss (0: no aux heads)
-    drop_rate: float | None = None  # the classifier's dropout (None: the model's default)
-    min_area: float = 0.08          # smallest random-resized-crop area
-    photometric: float = 0.4        # colour-jitter strength (0: none)
-
-
-# The papers' recipes (../shared/seeds): GoogLeNet (Szegedy 2014): SGD momentum 0.9, the learning rate
-# down 4% every 8 epochs, auxiliary losses weighted 0.3, dropout 0.4. BN-Inception (Ioffe 2015): a
-# 5x higher learning rate than the Inception baseline's 0.0015, decay 6x faster, no dropout, weight
-# decay / 5, milder photometric distortion. Inception-v3/v4/ResNet (Szegedy 2015, 2016): RMSProp
-# (decay 0.9, eps 1.0), lr 0.045 x 0.94 every 2 epochs, gradient clipping at 2.0, label smoothing 0.1,
-# v3's auxiliary head weighted 0.4 (torchvision's reference recipe).
-_V3_FAMILY = Recipe("rmsprop", 0.045, 4e-5, decay_every=2.0, decay_rate=0.94, label_smoothing=0.1, clip_grad=2.0)
-RECIPES: dict[str, dict[str, Recipe]] = {
-    "paper": {
-        "googlenet": Recipe("sgd", 0.01, 2e-4, decay_every=8.0, decay_rate=0.96, aux_weight=0.3, drop_rate=0.4),
-        "bn_inception": Recipe("sgd", 0.0075, 4e-5, decay_every=8.0 / 6, decay_rate=0.96, drop_rate=0.0,
-                               photometric=0.1),
-        "inception_v3": dataclasses.replace(_V3_FAMILY, aux_weight=0.4),
-        "inception_v4": _V3_FAMILY,
-        "inception_resnet_v1": _V3_FAMILY,
-        "inception_resnet_v2": _V3_FAMILY,
-    },
-}
-# Fine-tuning a pretrained network on a small folder (the seeds' runs: Adam, lr 1e-3): AdamW, a
-# one-epoch warm-up, then cosine; lighter augmentation; no auxiliary heads.
-FINETUNE = Recipe("adamw", 1e-3, 1e-4, schedule="cosine", warmup_epochs=1.0, min_area=0.35, photometric=0.1)
-
-
 DEMO_SIZE = 96  # the built-in demo data set's image side
-
-
-def recipe_for(name: str, model: str) -> Recipe:
-    if name == "finetune":
-        return FINETUNE
-    if name not in RECIPES or model not in RECIPES[name]:
-        raise ValueError(f"unknown recipe {name!r} for {model!r}; choose from {sorted(RECIPES) + ['finetune']}")
-    return RECIPES[name][model]
-
-
-def lr_factor(recipe: Recipe, epoch_float: float, epochs: int) -> float:
-    """The learning-rate multiplier at a (fractional) epoch: linear warm-up, then the schedule."""
-    if recipe.warmup_epochs > 0 and epoch_float < recipe.warmup_epochs:
-        return (epoch_float + 1e-3) / recipe.warmup_epochs
-    if recipe.schedule == "cosine":
-        span = max(epochs - recipe.warmup_epochs, 1e-9)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch_float - recipe.warmup_epochs) / span)))
-    return recipe.decay_rate ** math.floor(epoch_float / recipe.decay_every)
-
-
-def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
-    # No weight decay on BatchNorm parameters and biases (one-dimensional), as the papers' TF code.
-    params = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay},
-              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
-    if recipe.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=recipe.rmsprop_alpha, eps=recipe.rmsprop_eps,
-                                   momentum=recipe.momentum)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
-# ---- loss ----------------------------------------------------------------------------------------
-def split_outputs(out) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(logits, [aux logits]) from what a model returns in training mode (a tensor, or torchvision's
-    GoogLeNetOutputs / InceptionOutputs with the main logits first)."""
-    if isinstance(out, torch.Tensor):
-        return out, []
-    main, *aux = out
-    return main, [a for a in aux if a is not None]
-
-
-def loss_fn(out, target: torch.Tensor, label_smoothing: float = 0.0, aux_weight: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of the main logits (label-smoothed) plus aux_weight x that of each auxiliary head."""
-    main, aux = split_outputs(out)
-    loss = F.cross_entropy(main.float(), target, label_smoothing=label_smoothing)
-    for a in aux:
-        loss = loss + aux_weight * F.cross_entropy(a.float(), target, label_smoothing=label_smoothing)
-    return loss
-
-
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
-    k = min(max(ks), logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == target.view(-1, 1)
-    return [int(hit[:, :min(kk, k)].any(1).sum()) for kk in ks]
 
 
 # ---- distributed ---------------------------------------------------------------------------------
@@ -181,33 +102,6 @@ def _all_sum(values: list[float], d: Dist, device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: `path` is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
-        raise ValueError(f"{path} is not an inception-fast training checkpoint (no 'model'/'model_name'); for a "
-                         "peer's weights use --pretrained")
-    if model_name is not None and ckpt["model_name"] != model_name:
-        raise ValueError(f"{path} is a checkpoint of {ckpt['model_name']!r}, not of {model_name!r}")
-    return ckpt
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -268,43 +162,6 @@ def evaluate(model, loader, device, amp: str, channels_last: bool, d: Dist) -> d
     loss_sum, n, c1, c5, skipped = _all_sum([loss_sum, n, c1, c5, skipped], d, device)
     return {"loss": loss_sum / max(n, 1), "top1": c1 / max(n, 1), "top5": c5 / max(n, 1), "images": int(n),
             "skipped": int(skipped)}
-
-
-def write_history(out: Path, history: list[dict]) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    keys = list(history[0]) if history else []
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    try:
-        plot_history(history, out / "curves.png")
-    except ImportError:
-        pass
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """Accuracy and loss curves, training and validation, as the seeds plot them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(ep, [h["train_top1"] for h in history], "bo", label="training accuracy")
-    a2.plot(ep, [h["train_loss"] for h in history], "bo", label="training loss")
-    if any(h.get("val_top1") is not None for h in history):
-        a1.plot(ep, [h["val_top1"] for h in history], "b", label="validation accuracy")
-        a2.plot(ep, [h["val_loss"] for h in history], "b", label="validation loss")
-    a1.set_title("Training and validation accuracy")
-    a2.set_title("Training and validation loss")
-    for a in (a1, a2):
-        a.set_xlabel("epoch")
-        a.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train(args) -> dict:
@@ -456,14 +313,6 @@ def _progress(loader, epoch, args, d: Dist):
     return tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True)
 
 
-def _epoch_line(r: dict) -> str:
-    s = (f"epoch {r['epoch']}: lr {r['lr']:.3g}  train loss {r['train_loss']:.4f} acc {r['train_top1']:.3f}  "
-         f"{r['train_images_per_s']:.1f} img/s")
-    if r["val_top1"] is not None:
-        s += f"  val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.3f} top-5 {r['val_top5']:.3f}"
-    return s
-
-
 def eval_main(args) -> dict:
     """`inception-fast eval`: a training checkpoint on an image folder (its classes in the same order)."""
     device = _device(args.device)
@@ -492,42 +341,46 @@ def eval_main(args) -> dict:
 
 
 # ---- command line --------------------------------------------------------------------------------
+# The options of `inception-fast train` and `inception-fast eval`; inception_fast.cli builds the parsers.
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="googlenet", choices=models.list_models())
+    p.add_argument("--model", default="googlenet", choices=models.list_models(), metavar="NAME",
+                   help=f"one of {', '.join(models.list_models())} (default googlenet)")
     p.add_argument("--data", default=None, help="image folder: DIR/train + DIR/val, or DIR/<class>/* split by "
                                                 "--val-split (default: the built-in demo data set)")
-    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--val-split", type=float, default=0.1,
+                   help="share of DIR/<class>/* held out for validation when there is no DIR/val (default 0.1)")
     p.add_argument("--img-size", type=int, default=None,
                    help="training side (default: the model's native; 96 for the demo data)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun processes)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch, split across torchrun processes (default 32)")
+    p.add_argument("--epochs", type=int, default=2, help="default 2")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
-    p.add_argument("--recipe", default="finetune", choices=sorted(RECIPES) + ["finetune"])
+    p.add_argument("--recipe", default="finetune", choices=sorted(RECIPES) + ["finetune"],
+                   help="the papers' optimiser and schedule, or finetune (AdamW, warm-up, cosine; the default)")
     p.add_argument("--pretrained", default=None, help="a peer's or our checkpoint (file or URL); the "
                                                       "classifier is reset when its size differs")
-    p.add_argument("--drop-rate", type=float, default=None)
+    p.add_argument("--drop-rate", type=float, default=None, help="the classifier's dropout (default: the recipe's)")
     p.add_argument("--amp", default=None, choices=["bf16", "fp16", "off"], help="default: bf16 on a GPU, off on the CPU")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/train")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--out", default="runs/train", help="folder for the checkpoints and history (default runs/train)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from --out/last.pt (or the checkpoint given)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a training run's best.pt or last.pt")
     p.add_argument("--data", required=True, help="image folder DIR/<class>/*")
     p.add_argument("--model", default=None, help="check that the checkpoint is of this model")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--amp", default="off", choices=["bf16", "fp16", "off"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None)
+    p.add_argument("--img-size", type=int, default=None, help="default: the side the checkpoint was trained at")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--amp", default="off", choices=["bf16", "fp16", "off"], help="default off")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
 def finish_train_args(args) -> argparse.Namespace:
@@ -546,21 +399,29 @@ def _native_size(name: str) -> int:
         return int(models.create_model(name).pretrained_cfg["input_size"][-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = "train"
-    if argv and argv[0] in ("train", "eval"):
-        command, argv = argv[0], argv[1:]
-    parser = argparse.ArgumentParser(prog=f"inception-fast {command}", description=__doc__.split("\n\n")[0])
-    (add_train_arguments if command == "train" else add_eval_arguments)(parser)
-    args = parser.parse_args(argv)
-    if command == "eval":
-        eval_main(args)
-        return 0
+def train_command(args: argparse.Namespace) -> int:
+    """`inception-fast train` on its parsed options."""
     train(finish_train_args(args))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """`inception-fast eval` on its parsed options."""
+    eval_main(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m inception_fast.train [train|eval] OPTIONS` (and torchrun's `-m inception_fast.train`):
+    `inception-fast train` when the first word is not `train` or `eval`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in ("train", "eval"):
+        argv = ["train", *argv]
+    from inception_fast import cli
+
+    return cli.run(argv)
 
 
 if __name__ == "__main__":

@@ -388,6 +388,20 @@ def _target_programs(device):
     return _CPU_PROGRAMS
 
 
+@contextlib.contextmanager
+def launches_as_on_gpu(sms: int):
+    """Within the block, the reductions are split for a GPU of `sms` multiprocessors whatever the
+    tensors' device: the launch configurations such a GPU gets, from CPU tensors. For recording those
+    launches under TRITON_INTERPRET=1 without running them (tools/triton_aot.py); not thread-safe."""
+    global _target_programs
+    saved = _target_programs
+    _target_programs = lambda device: _PROGRAMS_PER_SM * sms  # noqa: E731
+    try:
+        yield
+    finally:
+        _target_programs = saved
+
+
 def _on_device(t):
     # Triton launches on the current CUDA device; make that the tensor's.
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -120,6 +120,21 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@contextlib.contextmanager
+def launches_as_on_gpu():
+    """Within the block, launches are configured as on a GPU even under TRITON_INTERPRET=1: the GPU
+    tile configuration, and none of the interpreter's own flags (16-bit operands widened, bfloat16
+    rounding). For recording a GPU's launches without running them (tools/triton_aot.py): kernels run
+    inside it under the interpreter may compute wrong 16-bit results. Not thread-safe."""
+    global _interpreting
+    saved = _interpreting
+    _interpreting = lambda: False  # noqa: E731
+    try:
+        yield
+    finally:
+        _interpreting = saved
+
+
 def _on_device(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -138,7 +153,7 @@ def _block_k(c):
 # is the tensor-core tile for 16-bit operands (128 output pixels x 64 channels x a K chunk of 32 at 8
 # warps, wgmma on sm_90; 64 pixels for narrower outputs) and 64 x 32 x 32 at 8 warps for float32,
 # whose IEEE products run on the FMA units. The largest tiles that compile without spilling registers for sm_80 and sm_90
-# (`python -m inception_fast.triton.aot`: the per-element int64 addresses of the gathered input tile
+# (tools/triton_aot.py: the per-element int64 addresses of the gathered input tile
 # take most of the registers; 128 x 128 x 64, or any of these at 4 warps, spill 16-900 bytes a thread).
 # Not yet timed on a GPU.
 _CONV_CONFIG = "auto"  # "auto" (gpu unless interpreting), "small", "gpu": the tests pick one

@@ -2,7 +2,7 @@
 
 The Triton interpreter (TRITON_INTERPRET=1) checks what the kernels compute; it cannot say whether
 they compile for a GPU, or how much shared memory and how many registers a launch configuration
-takes there. This module answers that before any GPU time is spent:
+takes there. This repository tool answers that before any GPU time is spent:
 
 - `record()` (under the interpreter): notes the specialisation of every kernel launch made inside it
   (kernel, argument types, constexpr values, num_warps, num_stages), with `run=False` without running
@@ -13,7 +13,7 @@ takes there. This module answers that before any GPU time is spent:
   shared memory and stack / local memory (where ptxas puts spilled registers) with the cuobjdump it
   ships.
 
-    python -m inception_fast.triton.aot OUT.md [--batch 2] [--models ...]
+    python tools/triton_aot.py OUT.md [--batch 2] [--models ...]
 
 records the launches of the six models' fused path (a bf16 autocast training step) and of
 optimize(branch_conv=True) at their native size, compiles them for sm_80 and sm_90, and writes the
@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -39,7 +40,6 @@ from pathlib import Path
 # Bytes of shared memory one block may use (the opt-in maximum): sm_80 163 KiB, sm_90 227 KiB.
 SHARED_LIMIT = {80: 166912, 90: 232448}
 ARCHS = (80, 90)
-_MODULE = "inception_fast.triton.aot"  # (this file, also when run as __main__)
 
 _DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "int64": "i64",
            "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
@@ -174,8 +174,8 @@ def compile_specs(specs, archs=ARCHS) -> list[dict]:
         path = Path(d) / "specs.json"
         path.write_text(json.dumps({"archs": list(archs), "specs": [s.to_json() for s in specs]}))
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        r = subprocess.run([sys.executable, "-m", _MODULE, "--compile-json", str(path)], capture_output=True,
-                           text=True, env=env)
+        r = subprocess.run(_this_tool("--compile-json", str(path)), capture_output=True, text=True,
+                           env=_with_package_path(env))
         if r.returncode != 0:
             raise RuntimeError(f"compiling the Triton kernels failed:\n{r.stderr[-3000:]}")
         return json.loads((Path(d) / "specs.json.out").read_text())
@@ -203,13 +203,8 @@ def as_on_a_gpu(sms: int = 132):
     flags): only with record(run=False), since the kernels are then not run."""
     from inception_fast.triton import bn_relu, branch_conv
 
-    saved = bn_relu._target_programs, branch_conv._interpreting
-    bn_relu._target_programs = lambda device: bn_relu._PROGRAMS_PER_SM * sms
-    branch_conv._interpreting = lambda: False
-    try:
+    with bn_relu.launches_as_on_gpu(sms), branch_conv.launches_as_on_gpu():
         yield
-    finally:
-        bn_relu._target_programs, branch_conv._interpreting = saved
 
 
 def model_specs(models: list[str], batch: int, size: int | None = None) -> set:
@@ -258,8 +253,21 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _this_tool(*args: str) -> list[str]:
+    """The command that runs this file again (a child without the interpreter, or one with it)."""
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def _with_package_path(env: dict) -> dict:
+    """`env` with the inception_fast this process imports first on PYTHONPATH, so that the child
+    (run as a script, its own folder first on sys.path) imports the same one."""
+    root = str(Path(importlib.util.find_spec("inception_fast").origin).resolve().parents[1])
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)}
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inception_fast.triton.aot", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="python tools/triton_aot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", help="the markdown report to write")
     p.add_argument("--models", nargs="+", default=["googlenet", "bn_inception", "inception_v3", "inception_v4",
                                                    "inception_resnet_v1", "inception_resnet_v2"])
@@ -275,8 +283,8 @@ def main(argv=None) -> int:
         p.error("the report's path is needed")
     if os.environ.get("TRITON_INTERPRET") != "1":
         # recording runs the kernels' launch code under the interpreter: start over with it set
-        return subprocess.run([sys.executable, "-m", _MODULE, *sys.argv[1:]],
-                              env={**os.environ, "TRITON_INTERPRET": "1"}).returncode
+        return subprocess.run(_this_tool(*argv),
+                              env=_with_package_path({**os.environ, "TRITON_INTERPRET": "1"})).returncode
     t = time.perf_counter()
     specs = model_specs(args.models, args.batch)
     rows = compile_specs(specs)
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     import torch
 
     head = ["# Triton kernels compiled ahead of time for sm_80 and sm_90 (no GPU)", "",
-            f"`python -m inception_fast.triton.aot {args.out} --batch {args.batch}` (models: {', '.join(args.models)}); "
+            f"`python tools/triton_aot.py {args.out} --batch {args.batch}` (models: {', '.join(args.models)}); "
             f"triton {triton.__version__}, torch {torch.__version__}; {len(specs)} specialisations recorded from the "
             f"fused path's bf16 training step and optimize(branch_conv=True) (bf16, float32) on the Triton backend, "
             f"{time.perf_counter() - t:.0f} s.", "",
