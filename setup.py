@@ -1,5 +1,6 @@
 """Builds inception_fast._C: the CPU kernels always, the CUDA kernels when they can be built; and
-inception_fast._onednn (optimize()'s CPU convolutions on kept oneDNN primitives) when oneDNN's headers
+inception_fast._onednn (optimize()'s CPU convolutions on kept oneDNN primitives: the CPU kernels of
+two ops whose schemas _C declares, so it loads only with _C) when oneDNN's headers
 and library are installed (the onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, which put them in
 <prefix>/include and <prefix>/lib; or DNNL_ROOT).
 
@@ -76,7 +77,7 @@ def _onednn_extension():
         return []
     lib = os.path.join(root, "lib")
     return [cpp_extension.CppExtension(
-        "inception_fast._onednn", _rel([os.path.join(ROOT, "csrc", "onednn", "conv.cpp")]),
+        "inception_fast._onednn", _rel([os.path.join(ROOT, "csrc", "onednn", "onednn_conv.cpp")]),
         include_dirs=[os.path.join(root, "include")],
         extra_compile_args={"cxx": ["-O3", "-DTORCH_EXTENSION_NAME=_onednn"] + NO_DEBUG_INFO},
         # by soname; the rpath finds it in the environment it was built in (Python also preloads it)
@@ -84,11 +85,11 @@ def _onednn_extension():
 
 
 def extensions():
-    cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "python_module.cpp"),
-                        os.path.join(ROOT, "csrc", "python_replay.cpp")]
-                       + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
-                       + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp"))
-                       + glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
+    # csrc/ops.cpp (the schemas), one folder per backend (one file per op), runtime/ (memory pool, GEMM
+    # choice, the Python module, replay) and testing/ (the CUDA kernels' CPU emulation the tests run).
+    cpu_sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp")]
+                       + [p for d in ("cpu", "composite", "autograd", "runtime", "testing")
+                          for p in glob.glob(os.path.join(ROOT, "csrc", d, "*.cpp"))])
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-DTORCH_EXTENSION_NAME=_C"] + NO_DEBUG_INFO
     link = ["-fopenmp"]

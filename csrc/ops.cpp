@@ -1,7 +1,16 @@
-// The schemas of every inception_fast op, declared once. Each backend only registers an
-// implementation (csrc/cpu/*.cpp for CPU, csrc/cuda/*.cu for CUDA); the Python side
-// (inception_fast/ops/) adds the fake kernels, the autograd formulas and the Triton variants,
-// which it derives from these schemas rather than writing them again.
+// The schemas of every inception_fast op, declared once, here. Each backend only registers an
+// implementation, in a file of its own folder named after the op: csrc/cpu/<op>.cpp (CPU),
+// csrc/cuda/<op>.cu (CUDA), csrc/autograd/<op>.cpp (Autograd, autocast), csrc/composite/<op>.cpp
+// (one definition for every device), csrc/onednn/<op>.cpp (CPU, in the optional module
+// inception_fast._onednn, which loads only after this one). The Python side, inception_fast/ops/<op>.py,
+// adds the fake kernels, the autograd formulas and the Triton variants, which it derives from these
+// schemas rather than writing them again.
+//
+// An op's backward and helper ops (its weight transform, its statistics) share the op's files: one
+// file per op family, named after the op users call (bn_relu for bn_stats, bn_relu_apply and the
+// rest; winograd_conv1d for winograd_weight1d). Code that serves every op lives apart: csrc/runtime/
+// (the CPU memory pool, the GEMM choice, the Python module and the native replay) and
+// csrc/testing/ (the CPU emulation of CUDA kernels that tests run).
 //
 // Conventions shared by all kernels:
 //  * activations are 4-D (N, C, H, W), contiguous either in NCHW or in channels_last; the
@@ -12,7 +21,7 @@
 //  * ReLU propagates NaN (a NaN pre-activation gives NaN, as torch.relu does).
 #include <torch/library.h>
 
-#include "cpu/gemm.h"
+#include "runtime/gemm.h"
 
 TORCH_LIBRARY(inception_fast, m) {
   // Per-channel mean and biased variance of x over (N, H, W), float32.
@@ -109,23 +118,36 @@ TORCH_LIBRARY(inception_fast, m) {
   // The classifier's pooling: y[n, c] = mean of x[n, c, :, :] for a 4-D float map (any strides),
   // summed in float32 (float64 for float64) and rounded once to x's dtype; y is (N, C), contiguous.
   m.def("global_avg_pool(Tensor x) -> Tensor");
-  // A 3x3 convolution, stride 1, padding 0 or 1, as Winograd's F(2x2, 3x3) (csrc/cpu/winograd.cpp):
+  // A 3x3 convolution, stride 1, padding 0 or 1, as Winograd's F(2x2, 3x3) (csrc/cpu/winograd_conv3x3.cpp):
   // x (N, C, H, W) float32, u (16, C, K) the weight transformed by winograd_weight, bias (K) or None;
   // y = act(conv2d(x, weight, bias, 1, padding)) channels_last, act ReLU when relu (NaN kept).
   m.def("winograd_conv3x3(Tensor x, Tensor u, Tensor? bias, int padding, bool relu) -> Tensor");
   // A 1 x r (dim 3) or r x 1 (dim 2) convolution, r = 7 or 3, stride 1, zero padding along dim only, as
-  // Winograd's F(4, r) (csrc/cpu/winograd1d.cpp): x (N, C, H, W) float32, u (A, C, K) the weight
+  // Winograd's F(4, r) (csrc/cpu/winograd_conv1d.cpp): x (N, C, H, W) float32, u (A, C, K) the weight
   // transformed by winograd_weight1d (A = 10 for r = 7, 6 for r = 3), bias (K) or None;
   // y = act(conv2d(x, weight, bias, 1, padding along dim)) channels_last, act ReLU when relu (NaN kept).
   m.def("winograd_conv1d(Tensor x, Tensor u, Tensor? bias, int dim, int padding, bool relu) -> Tensor");
   // The weight of winograd_conv1d: (K, C, 1, r) or (K, C, r, 1) -> (A, C, K) float32, computed in float64.
   m.def("winograd_weight1d(Tensor weight) -> Tensor");
+  // optimize()'s CPU convolution on a oneDNN primitive kept per geometry (csrc/onednn/onednn_conv.cpp, in
+  // inception_fast._onednn; without that module the schemas are here and have no kernel). The weight
+  // (O, C, kh, kw; float32 or bfloat16) reordered into the layout of the primitive for this input size,
+  // stride, padding, bias and post-op, as uint8 bytes meaningful to that primitive only.
+  m.def(
+      "onednn_conv_pack(Tensor weight, int[] input_size, int[] stride, int[] padding, bool has_bias, "
+      "int post_op) -> Tensor");
+  // y = act(conv2d(x, w, bias, stride, padding) [+ other]) in channels_last, w the weight of size
+  // weight_size that onednn_conv_pack packed for x's geometry; post_op bit 1: ReLU, bit 2: add `other`
+  // (before the ReLU: the Inception-ResNet residual). Inference (no autograd).
+  m.def(
+      "onednn_conv(Tensor x, Tensor packed, int[] weight_size, Tensor? bias, int[] stride, int[] padding, "
+      "int post_op, Tensor? other) -> Tensor");
   // branch_conv's CUDA backend (csrc/cuda/branch_conv.cu) run on the CPU: its plan and its kernels'
-  // bodies, block by block and thread by thread (csrc/cpu/branch_conv_emulated.cpp), with
+  // bodies, block by block and thread by thread (csrc/testing/branch_conv_emulated.cpp), with
   // `smem_bytes` of shared memory per block. For tests: CI has no GPU.
   m.def(
       "_branch_conv_emulated(Tensor x, Tensor weight, Tensor? bias, int[] split, int[] pool, int[] depth, "
       "Tensor[] conv_weight, Tensor?[] conv_bias, int[] conv_stride, int[] conv_padding, int smem_bytes) -> Tensor");
-  // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see cpu/gemm.cpp), else ATen's mm.
+  // Whether conv1x1's float32 GEMMs run on oneDNN's matmul here (see runtime/gemm.cpp), else ATen's mm.
   m.def("_onednn_matmul_available() -> bool", &inception_fast::cpu::onednn_matmul_available);
 }

@@ -99,52 +99,8 @@ at::Tensor bn_relu_apply_autograd(const at::Tensor& x, const OptTensor& weight, 
   return BNReLUApply::apply(x, weight, bias, mean, invstd, training);
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_train_op(const at::Tensor& x, const OptTensor& running_mean,
-                                                  const OptTensor& running_var, double momentum, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("inception_fast::bn_stats_train", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&,
-                                                                 const OptTensor&, double, double)>();
-  return op.call(x, running_mean, running_var, momentum, eps);
-}
-
-// The whole training forward in two dispatcher calls, without a round trip to Python between its
-// steps: on the small tensors of an Inception block at 75x75 the Python version spent ~40 us per
-// layer on dispatch (stats, rsqrt, two lerps, apply), several times the kernels' own time.
-at::Tensor bn_relu_train(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias,
-                         const OptTensor& running_mean, const OptTensor& running_var, double momentum,
-                         double eps) {
-  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
-              "bn_relu_train: running_mean and running_var must both be given or both be None");
-  auto [mean, invstd] = stats_train_op(x.detach(), running_mean, running_var, momentum, eps);
-  return apply_op(x, weight, bias, mean, invstd, true);
-}
-
-// bn_stats_train on any device, in ATen ops (the CPU has a kernel of its own, cpu/bn_relu.cpp).
-std::tuple<at::Tensor, at::Tensor> bn_stats_train_composite(const at::Tensor& x, const OptTensor& running_mean,
-                                                            const OptTensor& running_var, double momentum,
-                                                            double eps) {
-  static auto stats = c10::Dispatcher::singleton()
-                          .findSchemaOrThrow("inception_fast::bn_stats", "")
-                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
-  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
-              "bn_stats_train: running_mean and running_var must both be given or both be None");
-  auto [mean, var] = stats.call(x);
-  at::Tensor invstd = var.add(eps).rsqrt_();
-  if (running_mean.has_value()) {
-    at::NoGradGuard no_grad;
-    const double count = static_cast<double>(x.numel() / x.size(1));
-    const at::Tensor unbiased = count > 1 ? var.mul(count / (count - 1)) : var;
-    running_mean->lerp_(mean.to(running_mean->scalar_type()), momentum);
-    running_var->lerp_(unbiased.to(running_var->scalar_type()), momentum);
-  }
-  return {mean, invstd};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(inception_fast, Autograd, m) { m.impl("bn_relu_apply", &bn_relu_apply_autograd); }
-TORCH_LIBRARY_IMPL(inception_fast, CompositeImplicitAutograd, m) { m.impl("bn_relu_train", &bn_relu_train); }
-TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) { m.impl("bn_stats_train", &bn_stats_train_composite); }
 
 }  // namespace inception_fast

@@ -1,6 +1,7 @@
 // conv1x1 and conv1x1_backward: a 1x1 convolution (stride 1, no padding, one group) as the GEMM it
-// is, on any device ATen has a GEMM for (oneDNN or MKL on the CPU, see cpu/gemm.cpp; cuBLAS on CUDA): registered for
-// CompositeExplicitAutograd, so CPU, CUDA and Meta (shape inference) share this one definition.
+// is, on any device ATen has a GEMM for (oneDNN or MKL on the CPU, see runtime/gemm.cpp; cuBLAS on
+// CUDA): registered for CompositeExplicitAutograd, so CPU, CUDA and Meta (shape inference) share
+// this one definition.
 //
 // Why not at::convolution: on the small maps of an Inception block (3x3 or 1x1 at the seeds'
 // 75x75 input, 8x8 at 299) oneDNN's 1x1 convolution and its backward run at 10-60% of what the
@@ -14,7 +15,7 @@
 
 #include <ATen/ATen.h>
 
-#include "cpu/gemm.h"
+#include "runtime/gemm.h"
 
 namespace inception_fast {
 namespace {

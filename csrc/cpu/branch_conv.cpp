@@ -37,7 +37,7 @@ at::Tensor max_pool_3x3(const at::Tensor& x) {
 }
 
 // relu(avg_pool2d(r, 3, 1, 1, count_include_pad) + bias) in one pass: the extension's
-// avg_pool3x3_bias_relu op (csrc/cpu/avg_pool_bias_relu.cpp), as optimize()'s plain path runs it.
+// avg_pool3x3_bias_relu op (csrc/cpu/avg_pool3x3_bias_relu.cpp), as optimize()'s plain path runs it.
 at::Tensor avg_pool_3x3_bias_relu(const at::Tensor& r, const std::optional<at::Tensor>& bias, bool include_pad) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("inception_fast::avg_pool3x3_bias_relu", "")

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "cpu/common.h"
-#include "cpu/gemm.h"
+#include "runtime/gemm.h"
 
 namespace inception_fast {
 namespace cpu {

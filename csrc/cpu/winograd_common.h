@@ -1,4 +1,4 @@
-// What winograd_conv3x3 (winograd.cpp) and winograd_conv1d (winograd1d.cpp) share: the bias check, the
+// What winograd_conv3x3 (winograd_conv3x3.cpp) and winograd_conv1d (winograd_conv1d.cpp) share: the bias check, the
 // map with no input channels, and the driver that runs a layer's tiles through the input transform,
 // the A GEMMs ([tiles x C] x [C x K], one per transformed element) and the output transform.
 #pragma once

@@ -1,5 +1,6 @@
 // CUDA kernels of the fused BatchNorm + ReLU ops (schemas and conventions in csrc/ops.cpp):
-// bn_stats, bn_relu_apply, bn_relu_backward_reduce, bn_relu_backward_elemt.
+// bn_stats, bn_relu_apply, bn_relu_backward_reduce, bn_relu_backward_elemt; and bn_stats_train,
+// bn_stats followed by the running statistics' update in ATen ops.
 //
 // Layouts. x is (N, C, H, W), contiguous in NCHW or in channels_last, read in place:
 //  * NCHW: the elementwise kernels walk the tensor as one flat array of 16-byte vectors and
@@ -19,6 +20,7 @@
 // means and sums of squared deviations, never raw sums of squares), so an offset such as
 // randn*3+50 costs no precision. Reductions write one partial per (block, channel) and a second
 // small kernel combines them in float64, in a fixed order: results are deterministic.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "common.cuh"
@@ -1107,6 +1109,28 @@ at::Tensor bn_relu_backward_elemt_cuda(const at::Tensor& grad_out, const at::Ten
   return grad_x;
 }
 
+// bn_stats_train in ATen ops around bn_stats (the CPU has a kernel of its own, csrc/cpu/bn_relu.cpp).
+std::tuple<at::Tensor, at::Tensor> bn_stats_train_cuda(const at::Tensor& x,
+                                                       const std::optional<at::Tensor>& running_mean,
+                                                       const std::optional<at::Tensor>& running_var,
+                                                       double momentum, double eps) {
+  static auto stats = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("inception_fast::bn_stats", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
+              "bn_stats_train: running_mean and running_var must both be given or both be None");
+  auto [mean, var] = stats.call(x);
+  at::Tensor invstd = var.add(eps).rsqrt_();
+  if (running_mean.has_value()) {
+    at::NoGradGuard no_grad;
+    const double count = static_cast<double>(x.numel() / x.size(1));
+    const at::Tensor unbiased = count > 1 ? var.mul(count / (count - 1)) : var;
+    running_mean->lerp_(mean.to(running_mean->scalar_type()), momentum);
+    running_var->lerp_(unbiased.to(running_var->scalar_type()), momentum);
+  }
+  return {mean, invstd};
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace inception_fast
@@ -1117,4 +1141,5 @@ TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {
   m.impl("bn_relu_backward_reduce",
          TORCH_FN(inception_fast::cuda::bn_relu_backward_reduce_cuda));
   m.impl("bn_relu_backward_elemt", TORCH_FN(inception_fast::cuda::bn_relu_backward_elemt_cuda));
+  m.impl("bn_stats_train", TORCH_FN(inception_fast::cuda::bn_stats_train_cuda));
 }

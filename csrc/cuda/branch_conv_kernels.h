@@ -1,5 +1,5 @@
 // The kernels of branch_conv's CUDA backend, written once as host+device functions of (block,
-// thread): csrc/cuda/branch_conv.cu launches them on the GPU, csrc/cpu/branch_conv_emulated.cpp
+// thread): csrc/cuda/branch_conv.cu launches them on the GPU, csrc/testing/branch_conv_emulated.cpp
 // runs the very same bodies on the CPU, block after block and, between the barriers, thread after
 // thread -- which is what a barrier guarantees -- so CI checks their indexing, halos, padding,
 // epilogues and slice writes without a GPU.

@@ -1,7 +1,7 @@
 // The host side of branch_conv's CUDA backend: checks, the output, and which kernel of
 // branch_conv_kernels.h runs each step of each branch. Templated on the executor that runs the
 // kernels -- CUDA launches (csrc/cuda/branch_conv.cu) or the CPU emulation that tests them
-// (csrc/cpu/branch_conv_emulated.cpp) -- so both take the same steps. Every tensor the plan makes
+// (csrc/testing/branch_conv_emulated.cpp) -- so both take the same steps. Every tensor the plan makes
 // goes through ex.fresh() (the emulation fills it with NaN: an element no kernel wrote shows).
 //
 // Per branch, into its channel slice of the output:

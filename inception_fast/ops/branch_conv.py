@@ -168,7 +168,7 @@ def branch_conv(x, weight, bias, split, pool, depth, conv_weight, conv_bias, con
 def branch_conv_emulated(x, weight, bias, split, pool, depth, conv_weight, conv_bias, conv_stride, conv_padding,
                          smem_bytes: int = 227 * 1024):
     """branch_conv through the CUDA backend's plan and kernels run on the CPU (tests; see
-    csrc/cpu/branch_conv_emulated.cpp), with `smem_bytes` of shared memory per block (an H100's by
+    csrc/testing/branch_conv_emulated.cpp), with `smem_bytes` of shared memory per block (an H100's by
     default)."""
     _check_inputs(x, weight, bias, [int(v) for v in split], [int(v) for v in pool], [int(v) for v in depth],
                   list(conv_weight), list(conv_bias), [int(v) for v in conv_stride], [int(v) for v in conv_padding])

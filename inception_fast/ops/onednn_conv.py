@@ -1,5 +1,6 @@
 """`onednn_conv`: optimize()'s CPU convolution on a oneDNN primitive kept per geometry
-(csrc/onednn/conv.cpp, the optional extension inception_fast._onednn).
+(schemas in csrc/ops.cpp, in inception_fast._C; the CPU kernels in csrc/onednn/onednn_conv.cpp, the optional
+extension inception_fast._onednn, which loads only where _C does).
 
     packed = onednn_conv_pack(weight, input_size, stride, padding, post_op)   # once per input size
     y = onednn_conv(x, packed, weight.shape, bias, stride, padding, post_op, other)
@@ -20,7 +21,8 @@ __all__ = ["available", "onednn_conv", "onednn_conv_pack", "onednn_conv_referenc
 
 
 def available() -> bool:
-    return _ext.onednn_loaded()
+    """Whether the ops have their kernels: _onednn loaded (and with it _C, which declares them)."""
+    return _ext.loaded() and _ext.onednn_loaded()
 
 
 def _out_size(n, k, s, p):
@@ -34,7 +36,7 @@ def _fake(x, packed, weight_size, bias, stride, padding, post_op, other):
     return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
 
-if available():
+if _ext.loaded():  # the schema is _C's: its fake kernel goes with it, with or without _onednn
     torch.library.register_fake(f"{_ext.OPS_NAMESPACE}::onednn_conv", _fake)
 
 

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <string>
 #include <tuple>
 
 namespace {
@@ -61,6 +62,13 @@ int main() {
     threw = std::string(e.what()).find("4-D") != std::string::npos;
   }
   check(threw, "bn_stats rejects a 2-D input with a clear message");
+  // Every schema is declared here, by csrc/ops.cpp, also those whose kernel is another module's
+  // (onednn_conv's: the Python module inception_fast._onednn, which this library does not build).
+  for (const char* name : {"inception_fast::onednn_conv", "inception_fast::onednn_conv_pack",
+                           "inception_fast::_branch_conv_emulated", "inception_fast::winograd_weight1d"}) {
+    const std::string what = std::string(name) + " declared";
+    check(c10::Dispatcher::singleton().findSchema({name, ""}).has_value(), what.c_str());
+  }
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }

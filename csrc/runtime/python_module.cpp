@@ -8,7 +8,7 @@
 
 #include <exception>
 
-#include "cpu/memory_pool.h"
+#include "runtime/memory_pool.h"
 
 namespace {
 

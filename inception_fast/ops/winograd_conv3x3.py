@@ -1,13 +1,13 @@
 """winograd_conv3x3: a 3x3 convolution (stride 1, padding 0 or 1) as Winograd's F(2x2, 3x3) on the CPU, in
 float32 -- 16 multiplies per 2x2 block of outputs and channel pair instead of 36 (2.25x fewer), the
-input and the products each through a small transform pass (csrc/cpu/winograd.cpp says how and why).
+input and the products each through a small transform pass (csrc/cpu/winograd_conv3x3.cpp says how and why).
 
     u = winograd_weight(weight)            # (16, C, K), once per weight
     y = winograd_conv3x3(x, u, bias, padding, relu)  # == act(conv2d(x, weight, bias, 1, padding)), channels_last
 
 winograd_conv1d: a 1 x r or r x 1 convolution (r = 7 or 3, stride 1, padding along the kernel's axis) as
 F(4, r) -- 10 multiplies per 4 outputs along the axis and channel pair instead of 28 for r = 7, 6 instead
-of 12 for r = 3 (csrc/cpu/winograd1d.cpp):
+of 12 for r = 3 (csrc/cpu/winograd_conv1d.cpp):
 
     u = winograd_weight1d(weight)                     # (10 or 6, C, K), once per weight
     y = winograd_conv1d(x, u, bias, dim, padding, relu)  # dim 3 for 1 x r, 2 for r x 1

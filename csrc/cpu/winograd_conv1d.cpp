@@ -24,7 +24,7 @@
 //   V = B^T d,   U = G g,   Y = A^T M,   M[e] = V[e] U[e] summed over C (the GEMMs).
 // The numbers differ from the direct convolution's: relative error ~4e-6 (r = 7) and ~8e-7 (r = 3)
 // against a float64 reference, against ~2e-7 for the direct one; optimize()'s float32 model stays
-// within its 1e-4 of the peer (tests/test_winograd1d.py, tests/test_optimize.py).
+// within its 1e-4 of the peer (tests/test_winograd_conv1d.py, tests/test_optimize.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

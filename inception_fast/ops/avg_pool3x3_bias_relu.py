@@ -2,7 +2,7 @@
 (the branch's 1x1 projection first, the pool on the narrower tensor after):
 y = relu(avg_pool2d(r, 3, stride 1, padding 1, count_include_pad) + bias).
 
-On the CPU one C++ pass (csrc/cpu/avg_pool_bias_relu.cpp) replaces avg_pool2d + add_ + relu_ (three
+On the CPU one C++ pass (csrc/cpu/avg_pool3x3_bias_relu.cpp) replaces avg_pool2d + add_ + relu_ (three
 passes and three parallel regions), summing in float32 and rounding once. Elsewhere, or without the
 compiled extension, the reference (the three ATen ops).
 """

@@ -1,3 +1,6 @@
+// Test support, not a kernel: compiled into inception_fast._C so that the Python tests
+// (tests/test_branch_conv.py) can check branch_conv's CUDA kernels on a machine without a GPU.
+//
 // _branch_conv_emulated: branch_conv's CUDA backend run on the CPU, for tests. The plan is the
 // CUDA backend's (csrc/cuda/branch_conv_plan.h) and the kernels are its very bodies
 // (csrc/cuda/branch_conv_kernels.h); only the executor differs: a grid-stride kernel becomes a loop
@@ -16,7 +19,7 @@
 #include "cuda/branch_conv_plan.h"
 
 namespace inception_fast {
-namespace cpu {
+namespace testing {
 namespace {
 
 namespace bk = inception_fast::branch_conv_kernels;
@@ -75,5 +78,5 @@ at::Tensor branch_conv_emulated(const at::Tensor& x, const at::Tensor& weight, c
 
 TORCH_LIBRARY_IMPL(inception_fast, CPU, m) { m.impl("_branch_conv_emulated", &branch_conv_emulated); }
 
-}  // namespace cpu
+}  // namespace testing
 }  // namespace inception_fast

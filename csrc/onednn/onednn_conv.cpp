@@ -7,7 +7,7 @@
 // primitive is created once per geometry (input shape, weight shape, stride, padding, dtypes,
 // post-ops) and kept; a call looks it up and executes it on the tensors' memory.
 //
-// Two ops (schemas below):
+// Two ops, their schemas in csrc/ops.cpp (inception_fast._C, which importing this module imports):
 //   onednn_conv_pack(weight, input_size, stride, padding, has_bias, post_op) -> packed
 //     the weight reordered into the layout the primitive for that geometry wants (uint8 bytes);
 //   onednn_conv(x, packed, weight_size, bias, stride, padding, post_op, other) -> y
@@ -325,12 +325,6 @@ int64_t cache_size() {
   return static_cast<int64_t>(g_cache.size());
 }
 
-TORCH_LIBRARY_FRAGMENT(inception_fast, m) {
-  m.def("onednn_conv_pack(Tensor weight, int[] input_size, int[] stride, int[] padding, bool has_bias, int post_op) -> Tensor");
-  m.def("onednn_conv(Tensor x, Tensor packed, int[] weight_size, Tensor? bias, int[] stride, int[] padding, int post_op, "
-        "Tensor? other) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(inception_fast, CPU, m) {
   m.impl("onednn_conv_pack", &conv_pack);
   m.impl("onednn_conv", &conv);
@@ -340,6 +334,15 @@ TORCH_LIBRARY_IMPL(inception_fast, CPU, m) {
 }  // namespace inception_fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The schemas of the two ops are inception_fast._C's (csrc/ops.cpp): this module only registers their
+  // CPU kernels, so it loads _C first, and does not load without it.
+  try {
+    pybind11::module_::import("inception_fast._C");
+  } catch (const pybind11::error_already_set& e) {
+    throw pybind11::import_error("inception_fast._onednn needs inception_fast._C, which declares its schemas: " +
+                                 pybind11::str(e.type().attr("__name__")).cast<std::string>() + ": " +
+                                 pybind11::str(e.value()).cast<std::string>());
+  }
   // Built against one oneDNN's headers, run with whatever libdnnl.so.3 the loader found: they must agree.
   const dnnl_version_t* v = dnnl_version();
   if (v->major != DNNL_VERSION_MAJOR || v->minor != DNNL_VERSION_MINOR) {

@@ -8,7 +8,7 @@
 // signature is not a public API: it is looked up by name at run time, and when it is missing, or
 // refuses this CPU (it wants AVX-512 BW/VL/DQ or AVX-NE-CONVERT for float32), mm says so once and
 // uses at::mm. INCEPTION_FAST_ONEDNN_MATMUL=0 (read once, at the first GEMM) turns it off.
-#include "cpu/gemm.h"
+#include "runtime/gemm.h"
 
 #include <ATen/Context.h>
 #include <c10/util/Exception.h>

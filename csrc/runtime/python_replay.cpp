@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/memory_pool.h"
+#include "runtime/memory_pool.h"
 
 namespace inception_fast {
 namespace {

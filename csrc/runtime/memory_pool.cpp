@@ -13,7 +13,7 @@
 // data == context and the same deleter, which is what the raw_allocate / raw_deallocate API
 // requires (ATen's oneDNN glue allocates through it): the deleter looks the pointer up among the
 // pooled blocks and hands anything else to the previous allocator's raw deleter.
-#include "cpu/memory_pool.h"
+#include "runtime/memory_pool.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
