@@ -27,7 +27,7 @@ from conftest import attainable_peak  # noqa: E402
 from zoo import onnx_export, pair  # noqa: E402
 
 from inception_fast import optimize  # noqa: E402
-from inception_fast.ops.winograd_conv3x3 import _TAPS  # noqa: E402  (transformed length -> kernel taps)
+from inception_fast.ops.winograd_conv1d import _TAPS  # noqa: E402  (transformed length -> kernel taps)
 
 
 def _add(groups, key, flops, seconds):
