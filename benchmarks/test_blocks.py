@@ -149,11 +149,11 @@ def _ids(block):
 
 def _optimized(name, path, device, dtype, x):
     """The block as optimize() compiles it (BN folded, 1x1s merged, post-ops), channels_last."""
-    from inception_fast.optimize import FusedBranches, _compile_module
+    from inception_fast.optimize import FusedBranches, compile_unit
 
     block = _module(name, path)
     net = FusedBranches(block.model.branches(block.spec)) if isinstance(block, _FlatBlock) else \
-        _compile_module(copy.deepcopy(block).eval())
+        compile_unit(copy.deepcopy(block).eval())
     net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
     return net, x.to(dtype).contiguous(memory_format=torch.channels_last)
 

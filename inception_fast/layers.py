@@ -37,6 +37,10 @@ def use_fused(enabled: bool = True):
     return _fused.use(enabled)
 
 
+def merged_1x1_enabled() -> bool:
+    return _merge_1x1.get()
+
+
 def use_merged_1x1(enabled: bool = True):
     """Context manager: on the fused path, run the 1x1 convolutions of a block that read the block
     input as one merged GEMM + one bn_relu (True, the default) or one by one (False; for A/B checks)."""
@@ -112,12 +116,10 @@ def _im2col_args(conv: nn.Conv2d, x: torch.Tensor):
 
 
 def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) on the fused path: in channels_last (an NCHW input is converted once, at the first
-    layer; every layer after it gets and gives channels_last), and, where the conv is a GEMM (a 1x1
-    conv, or any conv on the 1x1 map of the last grid at the seeds' 75x75 input), the conv1x1 op:
-    oneDNN's convolution and its backward run such shapes at 10-60% of the GEMM's speed. On the CPU a
-    k x k conv with a small output map (the 3x3 and 2x2 grids, and the stride-2 reductions onto
-    them) runs as conv_im2col, 1.1-5x faster there. Same parameters, same gradients."""
+    """conv(x) on the fused path, in channels_last (an NCHW input is converted once, at the first
+    layer): where the conv is a GEMM (a 1x1 conv, or any conv on a 1x1 map) the conv1x1 op, on the
+    CPU a k x k conv with a small output map conv_im2col (see conv_im2col.worth_it), else conv2d.
+    Same parameters, same gradients."""
     if x.dim() != 4:
         return conv(x)
     if not x.is_contiguous(memory_format=torch.channels_last):
@@ -135,12 +137,10 @@ def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:
     """Put the weight of every k x k nn.Conv2d of `module` in channels_last (True) or NCHW (False),
     in place (same parameter objects, same values, same state_dict), as
-    module.to(memory_format=...) does for them. The fused path wants channels_last: with a
-    channels_last input and an NCHW weight ATen reorders the weight on every forward and twice in
-    every backward (35 ms of a 300 ms Inception-ResNet-v2 training step at 75x75). Like any change of
-    a parameter's layout, do it before wrapping the model in DistributedDataParallel, whose gradient
-    buckets follow the layout the parameters had when it was built. (1x1 weights are left alone:
-    the GEMM takes either.)"""
+    module.to(memory_format=...) does for them. The fused path wants channels_last (with an NCHW
+    weight ATen reorders it on every forward and backward). Do it before wrapping the model in
+    DistributedDataParallel, whose gradient buckets follow the parameters' layout then. (1x1 weights
+    are left alone: the GEMM takes either.)"""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with torch.no_grad():
         for m in module.modules():
@@ -150,15 +150,25 @@ def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:
     return module
 
 
+def _bn_bookkeeping(bns, training: bool) -> tuple[float, bool, bool]:
+    """nn.BatchNorm2d.forward's bookkeeping for BatchNorms that run as one bn_relu call (they agree on
+    momentum, running statistics and mode): num_batches_tracked counted for each, and (the running
+    statistics' update factor, whether to use the batch's statistics, whether to track running ones).
+    momentum None means a cumulative moving average."""
+    first = bns[0]
+    factor = 0.0 if first.momentum is None else first.momentum
+    if training and first.track_running_stats and first.num_batches_tracked is not None:
+        for bn in bns:
+            bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(first.num_batches_tracked) if first.momentum is None else first.momentum
+    use_batch_stats = training or (first.running_mean is None and first.running_var is None)
+    track = not training or first.track_running_stats
+    return factor, use_batch_stats, track
+
+
 def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, training: bool) -> torch.Tensor:
     """relu(bn(x)) through the fused op, with exactly nn.BatchNorm2d's bookkeeping."""
-    # As nn.modules.batchnorm._BatchNorm.forward: momentum None means a cumulative moving average.
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch_stats = training or (bn.running_mean is None and bn.running_var is None)
-    track = not training or bn.track_running_stats
+    factor, use_batch_stats, track = _bn_bookkeeping([bn], training)
     process_group = None
     if (isinstance(bn, nn.SyncBatchNorm) or getattr(bn, "_inception_fast_sync", False)) and use_batch_stats:
         import torch.distributed as dist
@@ -187,24 +197,25 @@ def sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
 
 def _max_pool_fast(x: torch.Tensor, dilation=1) -> bool:
     """Whether max_pool2d(x) should run as the max_pool op: a CPU tensor, no dilation, and no gradient
-    to compute. Its forward runs 1.6-4.5x faster than ATen's on the models' pools (no int64 index
-    tensor; 2-core Zen 4, batch 8); forward + backward it was 0.4-1.6x (the backward recomputes
-    the argmax), so a training step keeps ATen's."""
+    to compute (its forward beats ATen's, which writes an int64 index tensor; its backward recomputes
+    the argmax, so a training step keeps ATen's)."""
     return x.device.type == "cpu" and x.dim() == 4 and dilation in (1, (1, 1)) and \
         not (torch.is_grad_enabled() and x.requires_grad)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-               fused: bool = True) -> torch.Tensor:
-    """F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode); on the fused path (`fused`,
-    a layer's _use_fused()) the max_pool op where it is faster (CPU inference)."""
+               fused: bool = True, dilation=1, return_indices: bool = False):
+    """F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+    return_indices=return_indices); on the fused path (`fused`, a layer's _use_fused()) the max_pool
+    op where it is faster (CPU inference, see _max_pool_fast)."""
     if torch.jit.is_scripting():  # TorchScript compiles the reference path only
-        return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     else:
         stride = kernel_size if stride is None else stride
-        if fused and _max_pool_fast(x):
+        if fused and not return_indices and _max_pool_fast(x, dilation):
             return max_pool(x, kernel_size, stride, padding, ceil_mode)
-        return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                            return_indices=return_indices)
 
 
 class MaxPool2d(_PathMixin, nn.MaxPool2d):
@@ -220,11 +231,50 @@ class MaxPool2d(_PathMixin, nn.MaxPool2d):
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                 ceil_mode=self.ceil_mode, return_indices=self.return_indices)
         else:
-            if self._use_fused() and not self.return_indices and \
-                    _max_pool_fast(x, self.dilation):
-                return max_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
-            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+            return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self._use_fused(),
+                              self.dilation, self.return_indices)
+
+    @classmethod
+    def fused_copy(cls, pool: nn.MaxPool2d) -> "MaxPool2d":
+        """A copy of pool on the fused path (for inference: the max_pool op on the CPU)."""
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode,
+                   fused=True)
+
+
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
+
+
+class GlobalPool2d(nn.Module):
+    """Global pooling to (N, C) (or (N, 2C) for 'catavgmax'); pool_type '' passes the map through."""
+
+    def __init__(self, pool_type: str = "avg", flatten: bool = True):
+        super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {pool_type!r}")
+        self.pool_type = pool_type
+        self.flatten = flatten
+
+    def feat_mult(self) -> int:
+        return 2 if self.pool_type == "catavgmax" else 1
+
+    def is_identity(self) -> bool:
+        return self.pool_type == ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "":
+            return x
+        if self.pool_type == "avg":
+            x = F.adaptive_avg_pool2d(x, 1)
+        elif self.pool_type == "max":
+            x = F.adaptive_max_pool2d(x, 1)
+        elif self.pool_type == "avgmax":
+            x = 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
+        else:
+            x = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1)
+        return torch.flatten(x, 1) if self.flatten else x
+
+    def extra_repr(self) -> str:
+        return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
 
 
 class ScaledResidual(_PathMixin, nn.Module):
@@ -277,7 +327,7 @@ class BranchBlock(nn.Module):
         """(branches, indices of the branches whose first step joins the merged 1x1), or None when
         fewer than two can (see mergeable_1x1)."""
         branches = self.branches()
-        lead = [i for i, b in enumerate(branches) if b and isinstance(b[0], ConvBNReLU) and _plain_1x1(b[0].conv)]
+        lead = [i for i, b in enumerate(branches) if b and isinstance(b[0], ConvBNReLU) and is_plain_1x1(b[0].conv)]
         if not mergeable_1x1([branches[i][0] for i in lead]):
             return None
         return branches, lead
@@ -299,9 +349,10 @@ class BranchBlock(nn.Module):
         return None if outs is None else torch.cat(outs, 1)
 
 
-def _plain_1x1(conv: nn.Conv2d) -> bool:
+def is_plain_1x1(conv: nn.Conv2d) -> bool:
+    """A 1x1 convolution, stride 1, no padding, one group: a GEMM over the channels."""
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 \
-        and conv.dilation == (1, 1) and conv.bias is None and conv.padding_mode == "zeros"
+        and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
 
 
 def _bn_signature(bn: nn.Module):
@@ -324,7 +375,7 @@ def mergeable_1x1(steps) -> bool:
     if sig is None:
         return False
     for s in steps:
-        if not isinstance(s, ConvBNReLU) or not s._use_fused() or not _plain_1x1(s.conv) \
+        if not isinstance(s, ConvBNReLU) or not s._use_fused() or not is_plain_1x1(s.conv) or s.conv.bias is not None \
                 or s.conv.weight.dtype != first.conv.weight.dtype or s.conv.weight.device != first.conv.weight.device \
                 or _bn_signature(s.bn) != sig:
             return False
@@ -343,15 +394,8 @@ def conv_bn_relu_merged(steps, x: torch.Tensor) -> list[torch.Tensor]:
     sizes = [bn.num_features for bn in bns]
     y = conv1x1(x, torch.cat([s.conv.weight for s in steps]), None)
     first = bns[0]
-    training = first.training
-    # nn.BatchNorm2d's bookkeeping (as bn_relu_module), once per layer.
-    factor = 0.0 if first.momentum is None else first.momentum
-    if training and first.track_running_stats and first.num_batches_tracked is not None:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(first.num_batches_tracked) if first.momentum is None else first.momentum
-    use_batch_stats = training or (first.running_mean is None and first.running_var is None)
-    track = (not training or first.track_running_stats) and first.running_mean is not None
+    factor, use_batch_stats, track = _bn_bookkeeping(bns, first.training)
+    track = track and first.running_mean is not None
     weight = torch.cat([bn.weight for bn in bns]) if first.affine else None
     bias = torch.cat([bn.bias for bn in bns]) if first.affine else None
     running_mean = torch.cat([bn.running_mean for bn in bns]) if track else None
@@ -365,16 +409,16 @@ def conv_bn_relu_merged(steps, x: torch.Tensor) -> list[torch.Tensor]:
     return list(y.split(sizes, 1))
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether module or one inside it has hooks (which a merged forward would skip), or any global
-    module hook is set."""
+def has_hooks(module: nn.Module, recurse: bool = True) -> bool:
+    """Whether module (or, with recurse, one inside it) has hooks, or any global module hook is set:
+    a forward that does not call the modules one by one would skip them."""
     from torch.nn.modules import module as _m
 
     if _m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks \
             or _m._global_backward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in module.modules())
+               for m in (module.modules() if recurse else (module,)))
 
 
 def apply_layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -382,12 +426,11 @@ def apply_layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     nn.Sequential) running its leading 1x1 convolutions merged on the fused path
     (BranchBlock.forward_merged). A module with hooks runs as module(x), so the hooks see what they
     hooked."""
-    if isinstance(module, BranchBlock) and not _hooked(module):
+    if isinstance(module, BranchBlock) and not has_hooks(module):
         y = module.forward_merged(x)
         if y is not None:
             return y
-    elif type(module) is nn.Sequential and not (module._forward_hooks or module._forward_pre_hooks
-                                                  or module._backward_hooks or module._backward_pre_hooks):
+    elif type(module) is nn.Sequential and not has_hooks(module, recurse=False):
         for m in module:
             x = apply_layer(m, x)
         return x
@@ -434,3 +477,24 @@ class ResidualBlock(_PathMixin, BranchBlock):
     @property
     def no_relu(self) -> bool:
         return not self.residual.relu
+
+
+# -- the units optimize() compiles: a model lists them (`inference_units()`) and replaces them
+# (`replace_unit(name, module)`) with the two functions below, or its own (BN-Inception's flat blocks)
+UNIT_TYPES = (ConvBNReLU, BranchBlock, nn.MaxPool2d, GlobalPool2d, nn.Linear)
+
+
+def inference_units(module: nn.Module, prefix: str = ""):
+    """(dotted name, module) of every submodule of a UNIT_TYPES type that is not inside another one,
+    in module order."""
+    for name, child in module.named_children():
+        if isinstance(child, UNIT_TYPES):
+            yield prefix + name, child
+        else:
+            yield from inference_units(child, prefix + name + ".")
+
+
+def replace_unit(module: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule of dotted `name` was."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)

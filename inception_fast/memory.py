@@ -1,4 +1,4 @@
-"""The CPU memory pool: a caching allocator (csrc/cpu/memory_pool.cpp).
+"""The CPU memory pool: a caching allocator (csrc/runtime/memory_pool.cpp).
 
 glibc returns large freed blocks to the system, so every forward of a model at a real batch size
 page-faults its activations in again (13,000 faults per googlenet forward, 87,000 per

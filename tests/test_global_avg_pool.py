@@ -137,7 +137,7 @@ def test_kept_linear_with_gradients_is_linear():
 def test_optimize_runs_the_head_on_them(monkeypatch, name):
     calls = []
     real = ops.global_avg_pool
-    monkeypatch.setattr(OPT.ops, "global_avg_pool", lambda x: calls.append(tuple(x.shape)) or real(x))
+    monkeypatch.setattr(ops, "global_avg_pool", lambda x: calls.append(tuple(x.shape)) or real(x))
     torch.manual_seed(0)
     model = models.create_model(name, num_classes=10).eval()
     x = torch.randn(2, 3, 75, 75) if name != "bn_inception" else torch.randn(2, 3, 96, 96)

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from inception_fast import memory
-from inception_fast.layers import _PathMixin, apply_layer, set_conv_weight_layout
+from inception_fast.layers import (POOL_TYPES, GlobalPool2d, _PathMixin, apply_layer,  # noqa: F401
+                                   inference_units, replace_unit, set_conv_weight_layout)
 
 # timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
-POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
 
 def imagenet_to_inception_input(x: torch.Tensor) -> torch.Tensor:
@@ -65,39 +65,6 @@ def check_image_batch(x: torch.Tensor, name: str, in_chans: int | None, min_size
         raise ValueError(f"{name} needs an input of at least {min_size}x{min_size} pixels, got "
                          f"{x.shape[-2]}x{x.shape[-1]}")
     return x
-
-
-class GlobalPool2d(nn.Module):
-    """Global pooling to (N, C) (or (N, 2C) for 'catavgmax'); pool_type '' passes the map through."""
-
-    def __init__(self, pool_type: str = "avg", flatten: bool = True):
-        super().__init__()
-        if pool_type not in POOL_TYPES:
-            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {pool_type!r}")
-        self.pool_type = pool_type
-        self.flatten = flatten
-
-    def feat_mult(self) -> int:
-        return 2 if self.pool_type == "catavgmax" else 1
-
-    def is_identity(self) -> bool:
-        return self.pool_type == ""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool_type == "":
-            return x
-        if self.pool_type == "avg":
-            x = F.adaptive_avg_pool2d(x, 1)
-        elif self.pool_type == "max":
-            x = F.adaptive_max_pool2d(x, 1)
-        elif self.pool_type == "avgmax":
-            x = 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
-        else:
-            x = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1)
-        return torch.flatten(x, 1) if self.flatten else x
-
-    def extra_repr(self) -> str:
-        return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
 
 
 class ScriptInput(nn.Module):
@@ -195,6 +162,16 @@ class InceptionModel(nn.Module):
             if isinstance(m, _PathMixin):
                 return m._use_fused()
         return False
+
+    # -- inference compilers (optimize()): the units to compile and where they go ------------------
+    def inference_units(self) -> list[tuple[str, nn.Module]]:
+        """(name, unit) of the parts an inference compiler replaces: the outermost ConvBNReLU,
+        BranchBlock, max pool, global pool and Linear modules (layers.inference_units)."""
+        return list(inference_units(self))
+
+    def replace_unit(self, name: str, module: nn.Module) -> None:
+        """Put module (a unit's compiled form) in place of the unit `name` of inference_units()."""
+        replace_unit(self, name, module)
 
     # -- construction -------------------------------------------------------------------------
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float, global_pool: str = "avg",

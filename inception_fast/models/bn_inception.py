@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import MaxPool2d, _PathMixin, bn_relu_module, conv2d_fast
-from inception_fast.models._base import InceptionModel
+from inception_fast.layers import BranchBlock, MaxPool2d, _PathMixin, bn_relu_module, conv2d_fast, run_branches
+from inception_fast.models._base import GlobalPool2d, InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
 
@@ -77,9 +77,24 @@ def _side_fits(side: int) -> bool:
     return side >= MIN_INPUT_SIZE and _grid_into_3c(side) % 4 == 0
 
 
-# inception_fast.optimize() puts a block's (or a stem conv's) compiled form beside its flat modules
-# under the same name plus this suffix; the forward then runs that instead.
+# replace_unit() puts a block's (or a stem conv's) compiled form (inception_fast.optimize()) beside
+# its flat modules under the same name plus this suffix, and removes those; forward runs it instead.
 OPTIMIZED_SUFFIX = "_optimized"
+_STEM_UNITS = ("conv1_7x7_s2", "conv2_3x3_reduce", "conv2_3x3")
+
+
+class BranchesView(BranchBlock):
+    """A block described by its branches over the model's flat modules (not owned here)."""
+
+    def __init__(self, branches: list[list]):
+        super().__init__()
+        self.__dict__["_branches"] = branches  # (a plain attribute: the modules stay the model's)
+
+    def branches(self) -> list[list]:
+        return self._branches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_branches(self._branches, x)
 
 
 class ConvBNReLUView(nn.Module):
@@ -224,6 +239,27 @@ class BNInception(_PathMixin, InceptionModel):
         pool = getattr(self, f"{b.name}_pool")
         out.append([pool, unit("pool_proj")] if b.pool_proj else [pool])
         return out
+
+    def inference_units(self) -> list[tuple[str, nn.Module]]:
+        """The stem's conv-BN-ReLUs and the blocks as views of the flat modules (ConvBNReLUView,
+        BranchesView), then the pools and the head."""
+        units = [(name, self.conv_bn_relu(name)) for name in _STEM_UNITS]
+        units += [(b.name, BranchesView(self.branches(b))) for b in BLOCKS]
+        return units + [(n, m) for n, m in self.named_children() if isinstance(m, (nn.MaxPool2d, GlobalPool2d,
+                                                                                    nn.Linear))]
+
+    def replace_unit(self, name: str, module: nn.Module) -> None:
+        """A stem conv or block: its compiled form beside the flat modules, which go (the block's
+        pool stays); any other unit: replaced."""
+        if name not in _STEM_UNITS and name not in _BLOCK_BY_NAME:
+            return super().replace_unit(name, module)
+        self.add_module(name + OPTIMIZED_SUFFIX, module)
+        convs = [name] if name in _STEM_UNITS else [
+            n[: -len("_bn")] for n in self._modules if n.startswith(name + "_") and n.endswith("_bn")]
+        for conv in convs:
+            for suffix in ("", "_bn"):
+                delattr(self, conv + suffix)
+            delattr(self, self._relu_of[conv])
 
     def check_input(self, x: torch.Tensor, min_size: int | None = None) -> torch.Tensor:
         return _check_sides(super().check_input(x, min_size))

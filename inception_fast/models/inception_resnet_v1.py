@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d, ResidualBlock, ScaledResidual
+from inception_fast.layers import ConvBNReLU, MaxPool2d
+from inception_fast.models import _inception_resnet as _ir
 from inception_fast.models._base import GlobalPool2d, InceptionModel, L2Normalize
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained, read_state_dict
@@ -52,118 +53,48 @@ def _facenet_source(name: str) -> str:
     return cached if os.path.isfile(cached) else url
 
 
-class _ResidualBlock(ResidualBlock):
-    """ResidualBlock with facenet-pytorch's name for `no_relu`."""
+class _FacenetNames:
+    """facenet-pytorch's name for `no_relu`."""
 
     @property
     def noReLU(self) -> bool:  # noqa: N802 (facenet-pytorch's attribute name)
         return self.no_relu
 
 
-class Block35(_ResidualBlock):
-    """Inception-ResNet-A on the 35x35 grid: three branches (1x1; 1x1-3x3; 1x1-3x3-3x3), a 1x1
-    up-projection back to 256 channels, then relu(x + scale * branch)."""
+# The paper's Inception-ResNet-v1 widths (Figures 10-12, and Table 1's k, l, m, n for Reduction-A).
+class Block35(_FacenetNames, _ir.Block35):
+    """Inception-ResNet-A on the 35x35x256 grid."""
 
     def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.branch0 = ConvBNReLU(256, 32, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(256, 32, kernel_size=1),
-            ConvBNReLU(32, 32, kernel_size=3, padding=1),
-        )
-        self.branch2 = nn.Sequential(
-            ConvBNReLU(256, 32, kernel_size=1),
-            ConvBNReLU(32, 32, kernel_size=3, padding=1),
-            ConvBNReLU(32, 32, kernel_size=3, padding=1),
-        )
-        self.conv2d = nn.Conv2d(96, 256, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=True)
-
-    def forward(self, x):
-        out = torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-        return self.residual(x, self.project(out))
+        super().__init__(256, 32, (32, 32), (32, 32, 32), scale)
 
 
-class Block17(_ResidualBlock):
-    """Inception-ResNet-B on the 17x17 grid: 1x1 and 1x1-1x7-7x1 branches, a 1x1 up-projection back
-    to 896 channels, then relu(x + scale * branch)."""
+class Block17(_FacenetNames, _ir.Block17):
+    """Inception-ResNet-B on the 17x17x896 grid."""
 
     def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.branch0 = ConvBNReLU(896, 128, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(896, 128, kernel_size=1),
-            ConvBNReLU(128, 128, kernel_size=(1, 7), padding=(0, 3)),
-            ConvBNReLU(128, 128, kernel_size=(7, 1), padding=(3, 0)),
-        )
-        self.conv2d = nn.Conv2d(256, 896, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=True)
-
-    def forward(self, x):
-        out = torch.cat((self.branch0(x), self.branch1(x)), 1)
-        return self.residual(x, self.project(out))
+        super().__init__(896, 128, (128, 128, 128), scale)
 
 
-class Block8(_ResidualBlock):
-    """Inception-ResNet-C on the 8x8 grid: 1x1 and 1x1-1x3-3x1 branches, a 1x1 up-projection back
-    to 1792 channels, then act(x + scale * branch); the last block of the network has no ReLU
-    (`no_relu=True`; facenet-pytorch's `noReLU`)."""
+class Block8(_FacenetNames, _ir.Block8):
+    """Inception-ResNet-C on the 8x8x1792 grid (`no_relu`: facenet-pytorch's `noReLU`)."""
 
     def __init__(self, scale: float = 1.0, no_relu: bool = False):
-        super().__init__()
-        self.branch0 = ConvBNReLU(1792, 192, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(1792, 192, kernel_size=1),
-            ConvBNReLU(192, 192, kernel_size=(1, 3), padding=(0, 1)),
-            ConvBNReLU(192, 192, kernel_size=(3, 1), padding=(1, 0)),
-        )
-        self.conv2d = nn.Conv2d(384, 1792, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=not no_relu)
-
-    def forward(self, x):
-        out = torch.cat((self.branch0(x), self.branch1(x)), 1)
-        return self.residual(x, self.project(out))
+        super().__init__(1792, 192, (192, 192, 192), scale, no_relu)
 
 
-class Mixed_6a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
-    """Reduction-A, 35x35 -> 17x17 (k, l, m, n = 192, 192, 256, 384 for Inception-ResNet-v1)."""
+class Mixed_6a(_ir.ReductionA):  # noqa: N801 (facenet-pytorch's class name)
+    """Reduction-A, 35x35 -> 17x17."""
 
     def __init__(self):
-        super().__init__()
-        self.branch0 = ConvBNReLU(256, 384, kernel_size=3, stride=2)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(256, 192, kernel_size=1),
-            ConvBNReLU(192, 192, kernel_size=3, padding=1),
-            ConvBNReLU(192, 256, kernel_size=3, stride=2),
-        )
-        self.branch2 = MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
+        super().__init__(256, k=192, l=192, m=256, n=384)
 
 
-class Mixed_7a(BranchBlock):  # noqa: N801 (facenet-pytorch's class name)
+class Mixed_7a(_ir.ReductionB):  # noqa: N801 (facenet-pytorch's class name)
     """Reduction-B, 17x17 -> 8x8."""
 
     def __init__(self):
-        super().__init__()
-        self.branch0 = nn.Sequential(
-            ConvBNReLU(896, 256, kernel_size=1),
-            ConvBNReLU(256, 384, kernel_size=3, stride=2),
-        )
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(896, 256, kernel_size=1),
-            ConvBNReLU(256, 256, kernel_size=3, stride=2),
-        )
-        self.branch2 = nn.Sequential(
-            ConvBNReLU(896, 256, kernel_size=1),
-            ConvBNReLU(256, 256, kernel_size=3, padding=1),
-            ConvBNReLU(256, 256, kernel_size=3, stride=2),
-        )
-        self.branch3 = MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+        super().__init__(896, (256, 384), (256, 256), (256, 256, 256))
 
 
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d, ResidualBlock, ScaledResidual
+from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d
+from inception_fast.models import _inception_resnet as _ir
 from inception_fast.models._base import InceptionModel
 from inception_fast.models._registry import register_model
 from inception_fast.models._weights import load_pretrained
@@ -53,107 +54,41 @@ class Mixed_5b(BranchBlock):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class Block35(ResidualBlock):
+# The paper's Inception-ResNet-v2 widths (Figures 16-18, and Table 1's k, l, m, n for Reduction-A).
+class Block35(_ir.Block35):
     """Inception-ResNet-A on the 35x35x320 grid."""
 
     def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.branch0 = ConvBNReLU(320, 32, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(320, 32, kernel_size=1),
-            ConvBNReLU(32, 32, kernel_size=3, padding=1),
-        )
-        self.branch2 = nn.Sequential(
-            ConvBNReLU(320, 32, kernel_size=1),
-            ConvBNReLU(32, 48, kernel_size=3, padding=1),
-            ConvBNReLU(48, 64, kernel_size=3, padding=1),
-        )
-        self.conv2d = nn.Conv2d(128, 320, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=True)
-
-    def forward(self, x):
-        out = self.project(torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1))
-        return self.residual(x, out)
+        super().__init__(320, 32, (32, 32), (32, 48, 64), scale)
 
 
-class Mixed_6a(BranchBlock):
+class Mixed_6a(_ir.ReductionA):
     """Reduction-A: 35x35x320 -> 17x17x1088."""
 
     def __init__(self):
-        super().__init__()
-        self.branch0 = ConvBNReLU(320, 384, kernel_size=3, stride=2)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(320, 256, kernel_size=1),
-            ConvBNReLU(256, 256, kernel_size=3, padding=1),
-            ConvBNReLU(256, 384, kernel_size=3, stride=2),
-        )
-        self.branch2 = MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
+        super().__init__(320, k=256, l=256, m=384, n=384)
 
 
-class Block17(ResidualBlock):
+class Block17(_ir.Block17):
     """Inception-ResNet-B on the 17x17x1088 grid (factorised 7x7)."""
 
     def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.branch0 = ConvBNReLU(1088, 192, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(1088, 128, kernel_size=1),
-            ConvBNReLU(128, 160, kernel_size=(1, 7), padding=(0, 3)),
-            ConvBNReLU(160, 192, kernel_size=(7, 1), padding=(3, 0)),
-        )
-        self.conv2d = nn.Conv2d(384, 1088, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=True)
-
-    def forward(self, x):
-        out = self.project(torch.cat((self.branch0(x), self.branch1(x)), 1))
-        return self.residual(x, out)
+        super().__init__(1088, 192, (128, 160, 192), scale)
 
 
-class Mixed_7a(BranchBlock):
+class Mixed_7a(_ir.ReductionB):
     """Reduction-B: 17x17x1088 -> 8x8x2080."""
 
     def __init__(self):
-        super().__init__()
-        self.branch0 = nn.Sequential(
-            ConvBNReLU(1088, 256, kernel_size=1),
-            ConvBNReLU(256, 384, kernel_size=3, stride=2),
-        )
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(1088, 256, kernel_size=1),
-            ConvBNReLU(256, 288, kernel_size=3, stride=2),
-        )
-        self.branch2 = nn.Sequential(
-            ConvBNReLU(1088, 256, kernel_size=1),
-            ConvBNReLU(256, 288, kernel_size=3, padding=1),
-            ConvBNReLU(288, 320, kernel_size=3, stride=2),
-        )
-        self.branch3 = MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+        super().__init__(1088, (256, 384), (256, 288), (256, 288, 320))
 
 
-class Block8(ResidualBlock):
+class Block8(_ir.Block8):
     """Inception-ResNet-C on the 8x8x2080 grid. `no_relu` for the last one, whose sum goes straight
     into conv2d_7b (as in TensorFlow-Slim, `block8(net, activation_fn=None)`)."""
 
     def __init__(self, scale: float = 1.0, no_relu: bool = False):
-        super().__init__()
-        self.branch0 = ConvBNReLU(2080, 192, kernel_size=1)
-        self.branch1 = nn.Sequential(
-            ConvBNReLU(2080, 192, kernel_size=1),
-            ConvBNReLU(192, 224, kernel_size=(1, 3), padding=(0, 1)),
-            ConvBNReLU(224, 256, kernel_size=(3, 1), padding=(1, 0)),
-        )
-        self.conv2d = nn.Conv2d(448, 2080, kernel_size=1)
-        self.residual = ScaledResidual(scale, relu=not no_relu)
-
-    def forward(self, x):
-        out = self.project(torch.cat((self.branch0(x), self.branch1(x)), 1))
-        return self.residual(x, out)
+        super().__init__(2080, 192, (192, 224, 256), scale, no_relu)
 
 
 class InceptionResnetV2(InceptionModel):

@@ -40,11 +40,12 @@ if _ext.loaded():  # the schema is _C's: its fake kernel goes with it, with or w
     torch.library.register_fake(f"{_ext.OPS_NAMESPACE}::onednn_conv", _fake)
 
 
-def onednn_conv_pack(weight: torch.Tensor, input_size, stride, padding, post_op: int = 1) -> torch.Tensor:
+def onednn_conv_pack(weight: torch.Tensor, input_size, stride, padding, post_op: int = 1,
+                     has_bias: bool = True) -> torch.Tensor:
     """The weight (O, I, kh, kw; the compute dtype) in the layout of the primitive for this input
-    size, as uint8 bytes for onednn_conv (with a bias; post_op as onednn_conv's)."""
-    return torch.ops.inception_fast.onednn_conv_pack(weight, list(input_size), list(stride), list(padding), True,
-                                                     post_op)
+    size, as uint8 bytes for onednn_conv (with a bias unless has_bias=False; post_op as onednn_conv's)."""
+    return torch.ops.inception_fast.onednn_conv_pack(weight, list(input_size), list(stride), list(padding),
+                                                     bool(has_bias), post_op)
 
 
 def onednn_conv(x, packed, weight_size, bias, stride, padding, post_op: int = 1, other=None) -> torch.Tensor:

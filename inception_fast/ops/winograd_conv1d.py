@@ -6,7 +6,7 @@ instead of 28 for r = 7, 6 instead of 12 for r = 3 (csrc/cpu/winograd_conv1d.cpp
     y = winograd_conv1d(x, u, bias, dim, padding, relu)  # dim 3 for 1 x r, 2 for r x 1
 
 Inference: no autograd. optimize() runs the float32 convolutions where it measured faster on it
-(FoldedConv._winograd1d_dim).
+(worth_it_axis, below).
 """
 from __future__ import annotations
 
@@ -87,3 +87,23 @@ def winograd_conv1d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
         raise ValueError(f"winograd_conv1d: a map of {x.shape[dim]} pixels along dim {dim} with padding {padding} is "
                          f"shorter than the {r}-tap kernel")
     return _library.namespace("cpu").winograd_conv1d(x, u, bias, int(dim), int(padding), bool(relu))
+
+
+# -- where optimize() runs it (its cost rule) --------------------------------------------------
+def worth_it_axis(x_shape, weight_shape, padding) -> int | None:
+    """The axis (2 for r x 1, 3 for 1 x r) along which a float32 CPU stride-1 convolution of
+    weight_shape (1x7 / 7x1 / 1x3 / 3x1) on x_shape runs faster as this op (F(4, r)), or
+    None: zero padding along its axis only (less than r), 10 MFLOP or more, C K / (C + K) >= 20, and
+    8 outputs or more along the axis. Where it applies it measured 1.3-1.95x the direct convolution
+    on the 17x17 and 8x8 maps of Inception-v3 / v4 / ResNet-v2."""
+    kh, kw = weight_shape[2:]
+    if kh == 1 and kw in (3, 7) and padding[0] == 0:
+        dim, r = 3, kw
+    elif kw == 1 and kh in (3, 7) and padding[1] == 0:
+        dim, r = 2, kh
+    else:
+        return None
+    k, c = weight_shape[:2]
+    out = x_shape[dim] + 2 * padding[dim - 2] - r + 1
+    flops = 2 * x_shape[0] * c * k * r * out * x_shape[5 - dim]
+    return dim if padding[dim - 2] < r and c * k >= 20 * (c + k) and flops >= 10e6 and out >= 8 else None

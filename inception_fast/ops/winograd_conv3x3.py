@@ -6,7 +6,7 @@ input and the products each through a small transform pass (csrc/cpu/winograd_co
     y = winograd_conv3x3(x, u, bias, padding, relu)  # == act(conv2d(x, weight, bias, 1, padding)), channels_last
 
 Inference: no autograd. optimize() runs the float32 3x3 convolutions where it measured faster on it
-(FoldedConv._winograd_pays). Its 1-D sibling is winograd_conv1d (ops/winograd_conv1d.py).
+(worth_it, below). Its 1-D sibling is winograd_conv1d (ops/winograd_conv1d.py).
 """
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
         raise ValueError(f"winograd_conv3x3: a {x.shape[2]}x{x.shape[3]} map with padding {padding} is smaller than "
                          "the 3x3 kernel")
     return _library.namespace("cpu").winograd_conv3x3(x, u, bias, int(padding), bool(relu))
+
+
+# -- where optimize() runs it (its cost rule) --------------------------------------------------
+def worth_it(x_shape, weight_shape, padding) -> bool:
+    """Whether a float32 CPU 3x3 stride-1 convolution of weight_shape (K, C, 3, 3) on an input of
+    x_shape (N, C, H, W) runs faster as this op (F(2x2, 3x3)) than oneDNN's direct
+    convolution: padding 0 or 1, 20 MFLOP or more, channels for which the saved multiply-adds outweigh
+    the transforms (C K / (C + K) >= 20), 48 input channels or more or a map of 28x28 or more, and
+    more than 16 tiles of 2x2 outputs an image (or 384 input channels or more). Measured in the
+    replayed models, it won 1.1-1.5x there and lost (0.6-0.92x) on small maps and on 16-32 channels."""
+    if tuple(weight_shape[2:]) != (3, 3) or list(padding) not in ([0, 0], [1, 1]):
+        return False
+    k, c = weight_shape[:2]
+    p = padding[0]
+    oh, ow = x_shape[2] + 2 * p - 2, x_shape[3] + 2 * p - 2
+    tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
+    flops = 2 * x_shape[0] * oh * ow * c * k * 9
+    return c * k >= 20 * (c + k) and flops >= 20e6 and (c >= 48 or oh * ow >= 28 * 28) and (tiles > 16 or c >= 384)
