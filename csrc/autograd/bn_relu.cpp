@@ -9,21 +9,14 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd/bn_relu_apply_call.h"
+
 namespace inception_fast {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<at::Tensor>;
-
-at::Tensor apply_op(const at::Tensor& x, const OptTensor& w, const OptTensor& b, const at::Tensor& mean,
-                    const at::Tensor& invstd, bool training) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("inception_fast::bn_relu_apply", "")
-                       .typed<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&,
-                                         const at::Tensor&, bool)>();
-  return op.call(x, w, b, mean, invstd, training);
-}
 
 std::tuple<at::Tensor, at::Tensor> reduce_op(const at::Tensor& g, const at::Tensor& x, const OptTensor& w,
                                              const OptTensor& b, const at::Tensor& mean, const at::Tensor& invstd) {
@@ -61,7 +54,7 @@ class BNReLUApply : public torch::autograd::Function<BNReLUApply> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["training"] = training;
-    return apply_op(x, weight, bias, mean, invstd, training);
+    return bn_relu_apply_call(x, weight, bias, mean, invstd, training);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

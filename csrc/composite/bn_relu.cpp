@@ -4,19 +4,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "autograd/bn_relu_apply_call.h"
+
 namespace inception_fast {
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
-
-at::Tensor apply_op(const at::Tensor& x, const OptTensor& w, const OptTensor& b, const at::Tensor& mean,
-                    const at::Tensor& invstd, bool training) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("inception_fast::bn_relu_apply", "")
-                       .typed<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&,
-                                         const at::Tensor&, bool)>();
-  return op.call(x, w, b, mean, invstd, training);
-}
 
 std::tuple<at::Tensor, at::Tensor> stats_train_op(const at::Tensor& x, const OptTensor& running_mean,
                                                   const OptTensor& running_var, double momentum, double eps) {
@@ -36,7 +29,7 @@ at::Tensor bn_relu_train(const at::Tensor& x, const OptTensor& weight, const Opt
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
               "bn_relu_train: running_mean and running_var must both be given or both be None");
   auto [mean, invstd] = stats_train_op(x.detach(), running_mean, running_var, momentum, eps);
-  return apply_op(x, weight, bias, mean, invstd, true);
+  return bn_relu_apply_call(x, weight, bias, mean, invstd, true);
 }
 
 }  // namespace

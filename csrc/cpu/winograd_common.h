@@ -15,8 +15,7 @@ namespace cpu {
 namespace winograd {
 
 // A chunk's transformed input and products (A x chunk x (C + K) floats) stay within this: on a large map
-// or batch the whole of them would spill to DRAM (a 71x71 map of 80 -> 192 channels, F(2x2, 3x3): 23 MB,
-// and 0.95x the direct time).
+// or batch the whole of them would spill to DRAM (23 MB for a 71x71 map of 80 -> 192 channels).
 constexpr int64_t kChunkBytes = 6 << 20;
 // Tiles a thread needs for the per-thread blocks (see run).
 constexpr int64_t kBlockTiles = 16;
@@ -59,18 +58,15 @@ inline at::Tensor bias_only(at::Tensor& y, const c10::optional<at::Tensor>& bias
 //   in(v, first, count, t0, t1)  writes V[e][t - first][c] for the tiles t in [first + t0, first + t1)
 //                                of the run first .. first + count (V[e] is count x C);
 //   out(m, first, count, t0, t1) reads M[e][t - first][k] for those tiles and writes their outputs.
-// Tiles go in chunks of equal size within kChunkBytes (a short last chunk of small GEMMs made batch 8's
-// 128 -> 128 1x7 layers 1.03x the direct time instead of 1.6x), in this thread's scratch.
+// Tiles go in chunks of equal size within kChunkBytes (a short last chunk of small GEMMs is slow), in
+// this thread's scratch.
 //
 // Where every thread gets kBlockTiles tiles or more, each thread transforms its own block of a chunk's
 // tiles, runs their GEMMs (single-threaded, nested in the parallel region) and transforms their products
 // back: the data stays with the core that wrote it. Split the other way (the transforms divided by
 // tiles, the batched GEMM by MKL's own split), each chunk's transformed input and products move between
-// the cores twice; on the 2-core VM that made the ops ~2x slower in 30-75% of processes, flipping with
-// time and with where the scratch buffer lay (inception_v3 batch 8: 340 vs 460 ms a forward; results
-// section 17), against 0.92-1.09x the split's best time for the blocks. Single-image 17x17 maps too
-// (inception_v4 batch 1, its 64 1x7 / 7x1 / 1x3 / 3x1 layers: blocks 34.8-35.5 ms in 4 of 4 processes,
-// the split 32.3 ms in 1 of 4 and 45.5-46.2 in 3 of 4); only layers of fewer than 16 tiles a thread
+// the cores twice, which made the ops up to ~2x slower, depending on where the scratch lay
+// (benchmarks/results/cpu_limits_epyc-zen4_2core.txt). Layers of fewer than kBlockTiles tiles a thread
 // (8x8 maps of one image) keep the split.
 template <class In, class Out>
 void run(int64_t tiles, int64_t a, int64_t c, int64_t k, const at::Tensor& u, const at::TensorOptions& opts,

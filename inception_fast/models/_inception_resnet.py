@@ -15,6 +15,17 @@ import torch.nn as nn
 from inception_fast.layers import BranchBlock, ConvBNReLU, MaxPool2d, ResidualBlock, ScaledResidual
 
 
+def add_stem(model: nn.Module, in_chans: int) -> None:
+    """The stem both networks share as TensorFlow-Slim builds them (and their peers name them), up to
+    the 71x71x192 map: conv2d_1a (3x3/2), conv2d_2a, conv2d_2b, maxpool_3a, conv2d_3b (1x1), conv2d_4a."""
+    model.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
+    model.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
+    model.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
+    model.maxpool_3a = MaxPool2d(3, stride=2)
+    model.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
+    model.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
+
+
 class Block35(ResidualBlock):
     """Inception-ResNet-A (35x35 grid): 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 -> 3x3."""
 

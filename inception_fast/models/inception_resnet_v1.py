@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inception_fast.layers import ConvBNReLU, MaxPool2d
+from inception_fast.layers import ConvBNReLU
 from inception_fast.models import _inception_resnet as _ir
 from inception_fast.models._base import GlobalPool2d, InceptionModel, L2Normalize
 from inception_fast.models._registry import register_model
@@ -150,12 +150,7 @@ class InceptionResnetV1(InceptionModel):
             raise ValueError(f"embedding_size must be a positive int or None, got {embedding_size!r}")
         self.embedding_size = None if embedding_size is None else int(embedding_size)
         self.in_chans = in_chans
-        self.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
-        self.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
-        self.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
-        self.maxpool_3a = MaxPool2d(3, stride=2)
-        self.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
-        self.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
+        _ir.add_stem(self, in_chans)  # conv2d_1a .. conv2d_4a
         self.conv2d_4b = ConvBNReLU(192, 256, kernel_size=3, stride=2)
         self.repeat_1 = nn.Sequential(*[Block35(scale=0.17) for _ in range(5)])
         self.mixed_6a = Mixed_6a()

@@ -120,12 +120,7 @@ class InceptionResnetV2(InceptionModel):
             # timm asserts the same: the reductions use unpadded convs, there is no dilated variant.
             raise ValueError(f"inception_resnet_v2 supports only output_stride=32 (as timm's), got {output_stride}")
         self.in_chans = in_chans
-        self.conv2d_1a = ConvBNReLU(in_chans, 32, kernel_size=3, stride=2)
-        self.conv2d_2a = ConvBNReLU(32, 32, kernel_size=3)
-        self.conv2d_2b = ConvBNReLU(32, 64, kernel_size=3, padding=1)
-        self.maxpool_3a = MaxPool2d(3, stride=2)
-        self.conv2d_3b = ConvBNReLU(64, 80, kernel_size=1)
-        self.conv2d_4a = ConvBNReLU(80, 192, kernel_size=3)
+        _ir.add_stem(self, in_chans)  # conv2d_1a .. conv2d_4a
         self.maxpool_5a = MaxPool2d(3, stride=2)
         self.mixed_5b = Mixed_5b()
         # The paper's residual scales: 0.17, 0.10, 0.20 for the A, B and C blocks.

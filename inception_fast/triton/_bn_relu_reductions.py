@@ -12,17 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from inception_fast.triton._bn_relu_common import (
-    _cdiv,
-    _in_layout,
-    _next_pow2,
-    _num_warps,
-    _on_device,
-    _pick_block,
-    _preact,
-    _tile_elems,
-    _use_channels_last,
-)
+from inception_fast.triton._bn_relu_common import (_cdiv, _in_layout, _next_pow2, _num_warps, _on_device,
+                                                   _pick_block, _preact, _tile_elems, _use_channels_last)
 
 # Reductions aim for this many programs per SM (a full wave of resident programs).
 _PROGRAMS_PER_SM = 8

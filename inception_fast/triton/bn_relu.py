@@ -10,17 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from inception_fast.triton._bn_relu_common import (
-    _cdiv,
-    _in_layout,
-    _next_pow2,
-    _num_warps,
-    _on_device,
-    _pick_block,
-    _preact,
-    _tile_elems,
-    _use_channels_last,
-)
+from inception_fast.triton._bn_relu_common import (_cdiv, _in_layout, _next_pow2, _num_warps, _on_device,
+                                                   _pick_block, _preact, _tile_elems, _use_channels_last)
 from inception_fast.triton._bn_relu_reductions import (  # noqa: F401  (the reductions, importable from here)
     _CPU_PROGRAMS,
     _target_programs,
