@@ -241,7 +241,7 @@ class MaxPool2d(_PathMixin, nn.MaxPool2d):
                    fused=True)
 
 
-POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")  # timm's global pools; '' keeps the map unpooled
 
 
 class GlobalPool2d(nn.Module):

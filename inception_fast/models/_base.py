@@ -35,8 +35,6 @@ from inception_fast import memory
 from inception_fast.layers import (POOL_TYPES, GlobalPool2d, _PathMixin, apply_layer,  # noqa: F401
                                    inference_units, replace_unit, set_conv_weight_layout)
 
-# timm's global pooling choices ('' keeps the map: forward_head then returns it unpooled).
-
 
 def imagenet_to_inception_input(x: torch.Tensor) -> torch.Tensor:
     """torchvision's `transform_input`: an RGB batch normalised with ImageNet's mean/std, re-normalised
