@@ -47,11 +47,20 @@ def use_merged_1x1(enabled: bool = True):
     return _merge_1x1.use(enabled)
 
 
+# Whether torch.fx.symbolic_trace is tracing (torch.export and torch.compile trace the fused path).
+_fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None) or (
+    lambda: torch.fx._symbolic_trace.is_fx_tracing() and not torch.compiler.is_compiling())
+
+
 class _PathMixin:
     fused: bool | None = None
     __jit_ignored_attributes__ = ["fused"]  # Python-only: TorchScript compiles the reference path
 
     def _use_fused(self) -> bool:
+        # torch.fx's symbolic tracing cannot follow the fused path's choices (they read the input's
+        # device, layout and sizes): it traces the reference path (models/_timm.py: timm's leaves).
+        if _fx_symbolic_tracing():
+            return False
         # ONNX has no kernels of ours: under torch.onnx.export (both exporters) the reference path's
         # standard ops are exported, which ONNX Runtime fuses itself (BatchNorm into the convolutions).
         # (is_in_onnx_export costs ~1 us a call: asked only while tracing or exporting)

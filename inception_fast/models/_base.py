@@ -3,7 +3,8 @@
 - timm's classifier interface: `forward_features` (the unpooled map of `num_features` channels),
   `forward_head(x, pre_logits=False)`, `get_classifier()`, `reset_classifier(num_classes, global_pool)`;
 - `pretrained_cfg` (alias `default_cfg`): the record of the input the weights expect (size, mean/std,
-  crop, interpolation) and of where they come from, with timm's field names;
+  crop, interpolation) and of where they come from, with timm's field names; one per pretrained tag
+  (`tags()`, `cfg_changes()`), as timm's `<model>.<tag>` names;
 - `set_fused(True | False | None)`: the path of every layer of this model (None: the global choice);
 - `set_grad_checkpointing()`: in training, each layer of forward_features keeps only its input and
   recomputes the rest in the backward (the BatchNorm running statistics updated once, not twice);
@@ -12,7 +13,7 @@
 - `torch.jit.script(model)`: a ScriptModule of the reference path's inference forward (see
   `__prepare_scriptable__`);
 - timm's feature extraction: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`
-  and `FeatureListNet` (create_model(..., features_only=True)), from each model's `layer_names`
+  (and, in `_features.py`, create_model(..., features_only=True)), from each model's `layer_names`
   (the layers of forward_features in order) and `feature_taps` (the stage outputs).
 
 The head's module names are the peer's (torchvision: avgpool/dropout/fc; timm: global_pool/head_drop/
@@ -24,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn as nn
@@ -46,20 +47,23 @@ def imagenet_to_inception_input(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.fx.wrap
-def check_image_batch(x: torch.Tensor, name: str, in_chans: int | None, min_size: int) -> torch.Tensor:
+def check_image_batch(x: torch.Tensor, name: str, in_chans: Optional[int], min_size: int) -> torch.Tensor:
     """x, after a ValueError/TypeError naming the problem when it is not a 4-D floating-point batch
     of in_chans channels with sides of at least min_size. A leaf under torch.fx (create_feature_extractor
-    traces the models through it), checked on the real input at run time."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} takes a tensor, got {type(x).__name__}")
+    traces the models through it), checked on the real input at run time; TorchScript compiles it
+    (a traced model scripted)."""
+    if not torch.jit.is_scripting():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} takes a tensor, got {type(x).__name__}")
+    shape = "(" + ", ".join([str(s) for s in x.shape]) + ")"
     if x.dim() != 4:
-        raise ValueError(f"{name} takes a 4-D (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} takes a 4-D (N, C, H, W) batch, got shape {shape}")
     if in_chans is not None and x.shape[1] != in_chans:
         raise ValueError(f"{name} was built for {in_chans} input channels (in_chans), got "
-                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+                         f"{x.shape[1]} (shape {shape})")
     if not x.is_floating_point():
         raise TypeError(f"{name} takes a floating-point input, got {x.dtype}")
-    if min(x.shape[-2:]) < min_size:
+    if min(x.shape[-2], x.shape[-1]) < min_size:
         raise ValueError(f"{name} needs an input of at least {min_size}x{min_size} pixels, got "
                          f"{x.shape[-2]}x{x.shape[-1]}")
     return x
@@ -122,8 +126,10 @@ class InceptionModel(nn.Module):
     pooling/dropout/classifier, and declares `layer_names` (the layers forward_features runs in order); `forward` is
     forward_head(forward_features(x)) unless the model has auxiliary heads or a special head."""
 
-    # The record each model class fills in (timm's pretrained_cfg fields, plus 'min_input_size').
+    # The record each model class fills in (timm's pretrained_cfg fields, plus 'min_input_size'): the
+    # default tag's. `pretrained_tags` holds the other tags, as the fields they change.
     default_cfg_template: ClassVar[dict[str, Any]] = {}
+    pretrained_tags: ClassVar[dict[str, dict[str, Any]]] = {}
     # The smallest square input the network leaves a non-empty feature map for.
     min_input_size: ClassVar[int] = 1
     # The peer's names for the head modules.
@@ -179,6 +185,7 @@ class InceptionModel(nn.Module):
         self.drop_rate = float(drop_rate)
         self._classifier_bias = classifier_bias
         pool = GlobalPool2d(global_pool)
+        self.head_hidden_size = self.num_features * pool.feat_mult()  # forward_head(x, pre_logits=True)'s width
         setattr(self, self._pool_attr, pool)
         setattr(self, self._drop_attr, nn.Dropout(p=self.drop_rate))
         setattr(self, self._classifier_attr, self._make_classifier(self.num_features * pool.feat_mult(),
@@ -210,6 +217,36 @@ class InceptionModel(nn.Module):
     def default_cfg(self) -> dict[str, Any]:
         return self.pretrained_cfg
 
+    @classmethod
+    def tags(cls) -> list[str]:
+        """The pretrained tags of this model (timm's `<model>.<tag>`), the default first."""
+        return [cls.default_cfg_template.get("tag") or ""] + list(cls.pretrained_tags)
+
+    @classmethod
+    def cfg_changes(cls, pretrained_cfg=None, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fields of pretrained_cfg that a builder's timm arguments change from the default tag's:
+        pretrained_cfg a tag (one of tags()), a dict or a timm PretrainedCfg (its fields taken as they
+        are), or None; overlay, fields put over the result (timm's pretrained_cfg_overlay)."""
+        changes: dict[str, Any] = {}
+        if isinstance(pretrained_cfg, str):
+            if pretrained_cfg not in cls.tags():
+                raise ValueError(f"{cls.default_cfg_template.get('architecture', cls.__name__)} has no pretrained "
+                                 f"tag {pretrained_cfg!r}; its tags: {', '.join(repr(t) for t in cls.tags())}")
+            changes = dict(copy.deepcopy(cls.pretrained_tags.get(pretrained_cfg, {})), tag=pretrained_cfg or None)
+        elif pretrained_cfg is not None:
+            fields = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else pretrained_cfg
+            if not isinstance(fields, dict):
+                raise TypeError(f"pretrained_cfg takes a tag, a dict or a timm PretrainedCfg, got "
+                                f"{type(pretrained_cfg).__name__}")
+            changes = {k: v for k, v in copy.deepcopy(fields).items() if v is not None}
+        if overlay:
+            changes.update(copy.deepcopy(dict(overlay)))
+        return changes
+
+    def apply_cfg_changes(self, changes: dict[str, Any]) -> None:
+        """Put cfg_changes() over this model's pretrained_cfg. Its num_classes stays the model's."""
+        self.pretrained_cfg.update({k: v for k, v in changes.items() if k != "num_classes"})
+
     # -- timm's classifier interface ----------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return getattr(self, self._classifier_attr)
@@ -222,9 +259,8 @@ class InceptionModel(nn.Module):
         if global_pool is not None:
             pool = GlobalPool2d(global_pool)
             setattr(self, self._pool_attr, pool)
-        if num_classes > 0 and pool.is_identity():
-            raise ValueError("a classifier needs pooled features: pass a global_pool other than '' or num_classes=0")
         self.num_classes = int(num_classes)
+        self.head_hidden_size = self.num_features * pool.feat_mult()
         new = self._make_classifier(self.num_features * pool.feat_mult(), self.num_classes)
         # The new layer lives where the model does (an Identity classifier has no parameters to ask).
         ref = next(iter(old.parameters()), None)
@@ -244,11 +280,16 @@ class InceptionModel(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = getattr(self, self._pool_attr)(x)
-        x = getattr(self, self._drop_attr)(x)
-        return x if pre_logits else getattr(self, self._classifier_attr)(x)
+        pool = getattr(self, self._pool_attr)
+        x = getattr(self, self._drop_attr)(pool(x))
+        if pre_logits:
+            return x
+        if self.num_classes > 0 and pool.is_identity():
+            raise ValueError(f"{type(self).__name__} has a classifier but no global pooling (global_pool=''): "
+                             "reset_classifier(num_classes, 'avg') or reset_classifier(0)")
+        return getattr(self, self._classifier_attr)(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):  # (not annotated: torch.fx writes a traced forward's annotations unscriptably)
         return self.forward_head(self.forward_features(x))
 
     # -- intermediate features (timm's feature_info / forward_intermediates) -------------------
@@ -384,10 +425,14 @@ class InceptionModel(nn.Module):
         auxiliary heads, which it does not run). It computes forward(x) of the reference path as
         the model does in eval mode (TorchScript compiles the reference path of every layer, whatever
         set_fused says; its mode follows the model's `training` flag, but it returns the logits only,
-        without the auxiliary outputs). The model itself is not changed."""
+        without the auxiliary outputs). The model itself is not changed.
+
+        A model whose layers are not modules (BN-Inception's flat modules) compiles instead as
+        torch.fx traces its reference path: a GraphModule of the same modules under the same names."""
         if type(self)._call_layer is not InceptionModel._call_layer:
-            raise RuntimeError(f"{type(self).__name__} cannot be scripted (its layers are not modules; its peer "
-                               "is not scriptable either): use torch.export.export or torch.compile")
+            twin = torch.fx.symbolic_trace(self)
+            twin.training = self.training
+            return twin
         entries = [("input_check", ScriptInput(type(self).__name__, int(getattr(self, "in_chans", 0) or 0),
                                                int(self.min_input_size), bool(getattr(self, "transform_input", False))))]
         for name in self.layer_names:
@@ -409,33 +454,3 @@ class InceptionModel(nn.Module):
         (Returned so that the check stays in a torch.fx trace's data path.)"""
         need = self.min_input_size if min_size is None else min_size
         return check_image_batch(x, type(self).__name__, getattr(self, "in_chans", None), need)
-
-
-class FeatureInfo(list):
-    """feature_info of a feature extractor: a list of {num_chs, reduction, module} dicts with timm's
-    accessors."""
-
-    def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self]
-
-    def reduction(self) -> list[int]:
-        return [f["reduction"] for f in self]
-
-    def module_name(self) -> list[str]:
-        return [f["module"] for f in self]
-
-
-class FeatureListNet(nn.Module):
-    """A model as timm's features_only=True builds it: forward(x) returns the stage feature maps
-    `out_indices` selects (indices into model.feature_info, default all), as
-    forward_intermediates(x, out_indices, intermediates_only=True) gives them. The layers after the
-    last selected stage and the head are pruned. feature_info lists the selected stages."""
-
-    def __init__(self, model: InceptionModel, out_indices=None):
-        super().__init__()
-        self.out_indices = tuple(model.prune_intermediate_layers(out_indices))
-        self.model = model
-        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)

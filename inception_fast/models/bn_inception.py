@@ -69,12 +69,12 @@ def _grid_into_3c(side: int) -> int:
     return side
 
 
-def _side_fits(side: int) -> bool:
+def _side_fits(side: int, min_side: int = MIN_INPUT_SIZE) -> bool:
     # inception_3c and inception_4e concatenate a padded stride-2 3x3 conv with an unpadded ceil-mode
     # stride-2 3x3 pool: on a grid of odd side n they give (n+1)/2 and (n-1)/2, which do not
     # concatenate. Both grids are even when the one entering 3c is a multiple of 4: input sides
     # 32k-1 .. 32k+6 (224 = 7 * 32). The peer (and the Caffe model) fail the same way elsewhere.
-    return side >= MIN_INPUT_SIZE and _grid_into_3c(side) % 4 == 0
+    return side >= min_side and _grid_into_3c(side) % 4 == 0
 
 
 # replace_unit() puts a block's (or a stem conv's) compiled form (inception_fast.optimize()) beside
@@ -112,11 +112,15 @@ class ConvBNReLUView(nn.Module):
 @torch.fx.wrap
 def _check_sides(x: torch.Tensor) -> torch.Tensor:
     """x, after a ValueError if its sides are not ones BN-Inception takes (a leaf under torch.fx,
-    checked on the real input)."""
-    for side in x.shape[-2:]:
+    checked on the real input; TorchScript compiles it)."""
+    for side in [x.shape[-2], x.shape[-1]]:
         if not _side_fits(side):
-            below = next(s for s in range(side, 0, -1) if _side_fits(s))
-            above = next(s for s in range(side, side + 64) if _side_fits(s))
+            below = side
+            while below > 1 and not _side_fits(below):
+                below -= 1
+            above = side
+            while not _side_fits(above):
+                above += 1
             raise ValueError(
                 f"BNInception takes input sides of 32k-1 to 32k+6 pixels (31-38, 63-70, ..., 223-230), got "
                 f"{x.shape[-2]}x{x.shape[-1]} (nearest sides: {below}, {above}): its grid reductions "
@@ -310,13 +314,17 @@ class BNInception(_PathMixin, InceptionModel):
 
 
 @register_model
-def bn_inception(pretrained: bool | str = False, **kwargs) -> BNInception:
+def bn_inception(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                 **kwargs) -> BNInception:
     """BN-Inception as pretrainedmodels builds it (`pretrainedmodels.bninception(pretrained=None)`).
 
     pretrained: True loads pretrainedmodels' ImageNet weights (BGR 0..255 input, see pretrained_cfg);
-    a string is a file or URL of a checkpoint with these names.
+    a string is a file or URL of a checkpoint with these names. pretrained_cfg /
+    pretrained_cfg_overlay: timm's (see models/_registry.py).
     """
+    changes = BNInception.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     model = BNInception(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained:
         load_pretrained(model, None if pretrained is True else pretrained)
     return model

@@ -178,12 +178,14 @@ class GoogLeNet(InceptionModel):
 
 
 @register_model
-def googlenet(pretrained: bool | str = False, **kwargs) -> GoogLeNet:
+def googlenet(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+              **kwargs) -> GoogLeNet:
     """GoogLeNet as torchvision builds it (`torchvision.models.googlenet(weights=None, **kwargs)`).
 
     pretrained: True loads torchvision's IMAGENET1K_V1 weights; as torchvision does, it then turns on
     transform_input and leaves the auxiliary heads out unless told otherwise (the checkpoint's aux
     heads were never trained). A string is a file or URL of a checkpoint with these names.
+    pretrained_cfg / pretrained_cfg_overlay: timm's (see models/_registry.py).
     """
     if pretrained:
         kwargs.setdefault("transform_input", True)
@@ -191,7 +193,9 @@ def googlenet(pretrained: bool | str = False, **kwargs) -> GoogLeNet:
         if kwargs.setdefault("aux_logits", False) and pretrained is True:
             warnings.warn("auxiliary heads in the pretrained googlenet model are NOT pretrained, so make sure "
                           "to train them", stacklevel=2)
+    changes = GoogLeNet.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     model = GoogLeNet(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained:
         load_pretrained(model, None if pretrained is True else pretrained)
     return model

@@ -163,7 +163,8 @@ class InceptionResnetV1(InceptionModel):
         if drop_rate is None:
             drop_rate = 0.6 if face else 0.2
         self._init_head(1792, num_classes, drop_rate, global_pool)
-        self.head_hidden_size = self.embedding_size if face else self.num_features
+        if face:
+            self.head_hidden_size = self.embedding_size
         if face:
             pool = getattr(self, self._pool_attr)
             if pool.is_identity():
@@ -195,6 +196,8 @@ class InceptionResnetV1(InceptionModel):
                 raise ValueError(f"global_pool {global_pool!r} would change the width of the features that "
                                  "last_linear was built for; the face model takes 'avg', 'max' or 'avgmax'")
         super().reset_classifier(num_classes, global_pool)
+        if self.embedding_size is not None:
+            self.head_hidden_size = self.embedding_size
         # A classifier replacing nn.Identity (num_classes was 0) has no parameters to copy the
         # device and dtype from: take the model's.
         classifier = getattr(self, self._classifier_attr)
@@ -206,7 +209,6 @@ class InceptionResnetV1(InceptionModel):
             del self.last_linear, self.last_bn
             self.embedding_size = None
         InceptionModel.reset_classifier(self, 0, "")
-        self.head_hidden_size = self.num_features
 
     def _script_head(self):
         if self.embedding_size is None:
@@ -235,7 +237,8 @@ class InceptionResnetV1(InceptionModel):
 
 
 @register_model
-def inception_resnet_v1(pretrained: bool | str = False, **kwargs) -> InceptionResnetV1:
+def inception_resnet_v1(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                        **kwargs) -> InceptionResnetV1:
     """Inception-ResNet-v1: the paper's ImageNet classifier by default (`embedding_size=None`), or
     facenet-pytorch's face model (`embedding_size=512`).
 
@@ -244,7 +247,9 @@ def inception_resnet_v1(pretrained: bool | str = False, **kwargs) -> InceptionRe
     num_classes=0 (the normalised embedding; pass num_classes=8631 / 10575 to keep the identity
     logits of the checkpoint, or another number for a fresh classifier). Any other string is a file
     or URL of a checkpoint with these names; one holding last_linear is taken as a face model.
+    pretrained_cfg / pretrained_cfg_overlay: timm's (see models/_registry.py).
     """
+    changes = InceptionResnetV1.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     if pretrained is True:
         pretrained = "vggface2"
     state = None
@@ -261,6 +266,7 @@ def inception_resnet_v1(pretrained: bool | str = False, **kwargs) -> InceptionRe
                 kwargs["embedding_size"] = linear.shape[0]
                 kwargs.setdefault("num_classes", 0)
     model = InceptionResnetV1(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained in FACENET_WEIGHTS:
         model.pretrained_cfg.update(url=FACENET_WEIGHTS[pretrained][0], tag=pretrained)
         load_pretrained(model, _facenet_source(pretrained))

@@ -112,6 +112,14 @@ class InceptionResnetV2(InceptionModel):
         "first_conv": "conv2d_1a.conv", "classifier": "classif", "num_classes": 1000,
         "license": "apache-2.0",
     }
+    pretrained_tags = {
+        # Ensemble-adversarially trained (Tramer et al. 2017), ported by timm from TensorFlow.
+        "tf_ens_adv_in1k": {
+            "url": "https://huggingface.co/timm/inception_resnet_v2.tf_ens_adv_in1k/resolve/main/model.safetensors",
+            "hf_hub_id": "timm/inception_resnet_v2.tf_ens_adv_in1k",
+            "peer": "timm inception_resnet_v2.tf_ens_adv_in1k",
+        },
+    }
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, output_stride: int = 32,
                  global_pool: str = "avg"):
@@ -136,13 +144,17 @@ class InceptionResnetV2(InceptionModel):
 
 
 @register_model
-def inception_resnet_v2(pretrained: bool | str = False, **kwargs) -> InceptionResnetV2:
+def inception_resnet_v2(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                        **kwargs) -> InceptionResnetV2:
     """Inception-ResNet-v2 as timm builds it (`timm.create_model('inception_resnet_v2', **kwargs)`).
 
-    pretrained: True loads timm's tf_in1k weights (ported from TensorFlow-Slim); a string is a file or
-    URL of a checkpoint with these names.
+    pretrained: True loads timm's tf_in1k weights (ported from TensorFlow-Slim), or those of the tag
+    pretrained_cfg names ('tf_ens_adv_in1k'); a string is a file or URL of a checkpoint with these
+    names. pretrained_cfg / pretrained_cfg_overlay: timm's (see models/_registry.py).
     """
+    changes = InceptionResnetV2.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     model = InceptionResnetV2(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained:
         load_pretrained(model, None if pretrained is True else pretrained)
     return model

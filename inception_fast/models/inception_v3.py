@@ -218,6 +218,14 @@ class Inception3(InceptionModel):
         "mean": INCEPTION_MEAN, "std": INCEPTION_STD,
         "first_conv": "Conv2d_1a_3x3.conv", "classifier": "fc", "num_classes": 1000,
     }
+    # timm's other tags: its ports of TensorFlow-Slim's weights and of Gluon's, without aux head weights.
+    pretrained_tags = {
+        tag: {"url": f"https://huggingface.co/timm/inception_v3.{tag}/resolve/main/model.safetensors",
+              "hf_hub_id": f"timm/inception_v3.{tag}", "peer": f"timm inception_v3.{tag}",
+              "interpolation": "bicubic", "license": "apache-2.0", **extra}
+        for tag, extra in (("tf_in1k", {}), ("tf_adv_in1k", {}),
+                           ("gluon_in1k", {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}))
+    }
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
                  init_weights: bool = True, dropout: float = 0.5, in_chans: int = 3, drop_rate: float | None = None,
@@ -290,17 +298,26 @@ class Inception3(InceptionModel):
 
 
 @register_model
-def inception_v3(pretrained: bool | str = False, **kwargs) -> Inception3:
+def inception_v3(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                 **kwargs) -> Inception3:
     """Inception-v3 as torchvision builds it (`torchvision.models.inception_v3(weights=None, **kwargs)`);
     with aux_logits=False, timm's `inception_v3`.
 
     pretrained: True loads torchvision's IMAGENET1K_V1 weights (and, as torchvision does, turns on
     transform_input unless told otherwise); a string is a file or URL of a checkpoint with these names.
+    pretrained_cfg: a tag ('tv_in1k', the default; timm's 'tf_in1k', 'tf_adv_in1k', 'gluon_in1k'),
+    a dict or a timm PretrainedCfg; pretrained_cfg_overlay: fields put over it. The weights of timm's
+    tags have no auxiliary head: with them, aux_logits defaults to False and transform_input stays off.
     """
+    changes = Inception3.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     if pretrained:
-        kwargs.setdefault("transform_input", True)
         kwargs.setdefault("init_weights", False)
+        if changes.get("tag", "tv_in1k") == "tv_in1k":
+            kwargs.setdefault("transform_input", True)
+        else:
+            kwargs.setdefault("aux_logits", False)
     model = Inception3(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained:
         load_pretrained(model, None if pretrained is True else pretrained)
     return model

@@ -230,13 +230,17 @@ class InceptionV4(InceptionModel):
 
 
 @register_model
-def inception_v4(pretrained: bool | str = False, **kwargs) -> InceptionV4:
+def inception_v4(pretrained: bool | str = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                 **kwargs) -> InceptionV4:
     """Inception-v4 as timm builds it (`timm.create_model('inception_v4', **kwargs)`).
 
     pretrained: True loads timm's tf_in1k weights (ported from TensorFlow-Slim); a string is a file or
-    URL of a checkpoint with these names.
+    URL of a checkpoint with these names. pretrained_cfg / pretrained_cfg_overlay: timm's (see
+    models/_registry.py).
     """
+    changes = InceptionV4.cfg_changes(pretrained_cfg, pretrained_cfg_overlay)
     model = InceptionV4(**kwargs)
+    model.apply_cfg_changes(changes)
     if pretrained:
         load_pretrained(model, None if pretrained is True else pretrained)
     return model
