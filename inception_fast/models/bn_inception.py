@@ -283,8 +283,17 @@ class BNInception(_PathMixin, InceptionModel):
         return self._conv_bn_relu(x, name)
 
     def _prune_layer(self, name: str) -> None:
-        # Its layers are flat conv/BN/ReLU modules named after it, not one module: skipped instead.
+        # Its layers are flat conv/BN/ReLU modules named after it, not one module: skipped, and
+        # their modules removed.
         self.__dict__.setdefault("_pruned_layers", set()).add(name)
+        if name.startswith("pool"):
+            return delattr(self, name)
+        convs = [name] if name in _STEM_UNITS else [
+            n[: -len("_bn")] for n in self._modules if n.startswith(name + "_") and n.endswith("_bn")]
+        for conv in convs:
+            for module in (conv, conv + "_bn", self._relu_of[conv]):
+                delattr(self, module)
+        self._modules.pop(name + "_pool", None)
 
     # pretrainedmodels' names for the two halves of forward.
     def features(self, x: torch.Tensor) -> torch.Tensor:
