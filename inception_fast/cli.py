@@ -4,6 +4,7 @@
     inception-fast report RESULTS.json                Markdown table and PNG chart from benchmark JSON
     inception-fast train [--model ...] [--data DIR]   a training run
     inception-fast eval --checkpoint CKPT --data DIR  a training checkpoint's accuracy on an image folder
+    inception-fast fid PATH1 PATH2                    FID of two image folders (or statistics files)
 
 With no subcommand, or options first, the command is bench: `inception-fast --models inception_v3`
 is `inception-fast bench --models inception_v3`. Each subcommand's options are defined once, by an
@@ -46,9 +47,11 @@ COMMANDS = (
     Command("eval", "a training checkpoint's loss and top-1 / top-5 accuracy on an image folder",
             "inception_fast.train", "add_eval_arguments", "eval_command",
             ("inception-fast eval --checkpoint runs/train/best.pt --data DIR/val",)),
-    # The next one goes here, e.g.
-    # Command("fid", "Frechet Inception distance of two image folders", "inception_fast.fid",
-    #         "add_fid_arguments", "fid_command"),
+    Command("fid", "FID (and KID, Inception Score) of two image folders or statistics files, as pytorch-fid",
+            "inception_fast.metrics.cli", "add_fid_arguments", "fid_command",
+            ("inception-fast fid real/ fake/",
+             "inception-fast fid real/ --save-stats real.npz --weights pt_inception-2015-12-05-6726825d.pth",
+             "inception-fast fid real.npz fake/ --dims 768 --kid --isc --device cuda --batch-size 256")),
 )
 DEFAULT = "bench"
 

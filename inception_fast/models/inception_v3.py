@@ -13,6 +13,7 @@ or the fused path with the same parameters.
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -41,14 +42,39 @@ def _check_aux_grid(x: torch.Tensor) -> None:
                          "aux_logits=False")
 
 
-def _avg_pool_3x3() -> nn.AvgPool2d:
-    """The average pool of the forward functions (F.avg_pool2d's defaults: the padding counted)."""
-    return nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+# The pool of the A, C and E blocks' pool branch (3x3, stride 1, padding 1): 'avg' as torchvision's
+# (F.avg_pool2d's defaults: the padding counted); the FID network's (TensorFlow's 2015 graph, as
+# pytorch-fid ports it): 'avg_exclude_pad' (count_include_pad=False) and, in its last block, 'max'.
+POOL_BRANCHES = ("avg", "avg_exclude_pad", "max")
 
 
-class InceptionA(BranchBlock):
-    def __init__(self, in_channels: int, pool_features: int):
+def _branch_pool_module(kind: str = "avg") -> nn.Module:
+    """The pool branch's pool as a module (for branches())."""
+    if kind == "max":
+        return MaxPool2d(3, stride=1, padding=1)
+    return nn.AvgPool2d(kernel_size=3, stride=1, padding=1, count_include_pad=kind == "avg")
+
+
+class _PoolBranch(nn.Module):
+    """The pool branch's pool of the A, C and E blocks, chosen by `pool_branch` (POOL_BRANCHES)."""
+
+    pool_branch: str = "avg"
+
+    def _set_pool_branch(self, kind: str) -> None:
+        if kind not in POOL_BRANCHES:
+            raise ValueError(f"pool_branch must be one of {POOL_BRANCHES}, got {kind!r}")
+        self.pool_branch = kind
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_branch == "max":
+            return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=self.pool_branch == "avg")
+
+
+class InceptionA(_PoolBranch, BranchBlock):
+    def __init__(self, in_channels: int, pool_features: int, pool_branch: str = "avg"):
         super().__init__()
+        self._set_pool_branch(pool_branch)
         self.branch1x1 = ConvBNReLU(in_channels, 64, kernel_size=1)
         self.branch5x5_1 = ConvBNReLU(in_channels, 48, kernel_size=1)
         self.branch5x5_2 = ConvBNReLU(48, 64, kernel_size=5, padding=2)
@@ -61,12 +87,13 @@ class InceptionA(BranchBlock):
         b1 = self.branch1x1(x)
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(self._pool(x))
         return torch.cat([b1, b5, b3, bp], 1)
 
     def branches(self):
         return [[self.branch1x1], [self.branch5x5_1, self.branch5x5_2],
-                [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3], [_avg_pool_3x3(), self.branch_pool]]
+                [self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3],
+                [_branch_pool_module(self.pool_branch), self.branch_pool]]
 
 
 class _ReductionPool(_PathMixin):
@@ -98,9 +125,10 @@ class InceptionB(_ReductionPool, BranchBlock):
                 [MaxPool2d(3, stride=2)]]
 
 
-class InceptionC(BranchBlock):
-    def __init__(self, in_channels: int, channels_7x7: int):
+class InceptionC(_PoolBranch, BranchBlock):
+    def __init__(self, in_channels: int, channels_7x7: int, pool_branch: str = "avg"):
         super().__init__()
+        self._set_pool_branch(pool_branch)
         c7 = channels_7x7
         self.branch1x1 = ConvBNReLU(in_channels, 192, kernel_size=1)
         self.branch7x7_1 = ConvBNReLU(in_channels, c7, kernel_size=1)
@@ -118,13 +146,13 @@ class InceptionC(BranchBlock):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))
         bd = self.branch7x7dbl_5(self.branch7x7dbl_4(bd))
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(self._pool(x))
         return torch.cat([b1, b7, bd, bp], 1)
 
     def branches(self):
         return [[self.branch1x1], [self.branch7x7_1, self.branch7x7_2, self.branch7x7_3],
                 [self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                 self.branch7x7dbl_5], [_avg_pool_3x3(), self.branch_pool]]
+                 self.branch7x7dbl_5], [_branch_pool_module(self.pool_branch), self.branch_pool]]
 
 
 class InceptionD(_ReductionPool, BranchBlock):
@@ -148,9 +176,10 @@ class InceptionD(_ReductionPool, BranchBlock):
                 [MaxPool2d(3, stride=2)]]
 
 
-class InceptionE(BranchBlock):
-    def __init__(self, in_channels: int):
+class InceptionE(_PoolBranch, BranchBlock):
+    def __init__(self, in_channels: int, pool_branch: str = "avg"):
         super().__init__()
+        self._set_pool_branch(pool_branch)
         self.branch1x1 = ConvBNReLU(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = ConvBNReLU(in_channels, 384, kernel_size=1)
         self.branch3x3_2a = ConvBNReLU(384, 384, kernel_size=(1, 3), padding=(0, 1))
@@ -167,13 +196,13 @@ class InceptionE(BranchBlock):
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
         bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(self._pool(x))
         return torch.cat([b1, b3, bd, bp], 1)
 
     def branches(self):
         return [[self.branch1x1], [self.branch3x3_1, Fork(([self.branch3x3_2a], [self.branch3x3_2b]))],
                 [self.branch3x3dbl_1, self.branch3x3dbl_2, Fork(([self.branch3x3dbl_3a], [self.branch3x3dbl_3b]))],
-                [_avg_pool_3x3(), self.branch_pool]]
+                [_branch_pool_module(self.pool_branch), self.branch_pool]]
 
 
 class InceptionAux(nn.Module):
@@ -200,6 +229,8 @@ class Inception3(InceptionModel):
     InceptionOutputs(logits, aux_logits) in training mode with aux_logits, else the logits."""
 
     min_input_size = MIN_INPUT_SIZE
+    # The pool branch's pool of the A, C and E blocks by name, where it is not 'avg' (POOL_BRANCHES).
+    pool_branches: ClassVar[dict[str, str]] = {}
     optional_prefixes = ("AuxLogits.",)
     aux_classifiers = ("AuxLogits.fc",)
     _pool_attr, _drop_attr, _classifier_attr = "avgpool", "dropout", "fc"
@@ -243,18 +274,19 @@ class Inception3(InceptionModel):
         self.Conv2d_3b_1x1 = ConvBNReLU(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = ConvBNReLU(80, 192, kernel_size=3)
         self.maxpool2 = MaxPool2d(kernel_size=3, stride=2)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
+        pool = self.pool_branches.get
+        self.Mixed_5b = InceptionA(192, pool_features=32, pool_branch=pool("Mixed_5b", "avg"))
+        self.Mixed_5c = InceptionA(256, pool_features=64, pool_branch=pool("Mixed_5c", "avg"))
+        self.Mixed_5d = InceptionA(288, pool_features=64, pool_branch=pool("Mixed_5d", "avg"))
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128, pool_branch=pool("Mixed_6b", "avg"))
+        self.Mixed_6c = InceptionC(768, channels_7x7=160, pool_branch=pool("Mixed_6c", "avg"))
+        self.Mixed_6d = InceptionC(768, channels_7x7=160, pool_branch=pool("Mixed_6d", "avg"))
+        self.Mixed_6e = InceptionC(768, channels_7x7=192, pool_branch=pool("Mixed_6e", "avg"))
         self.AuxLogits = InceptionAux(768, num_classes) if aux_logits else None
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280)
-        self.Mixed_7c = InceptionE(2048)
+        self.Mixed_7b = InceptionE(1280, pool_branch=pool("Mixed_7b", "avg"))
+        self.Mixed_7c = InceptionE(2048, pool_branch=pool("Mixed_7c", "avg"))
         self._init_head(2048, num_classes, dropout if drop_rate is None else drop_rate, global_pool)
         if transform_input:
             # The (x - 0.5) / 0.5 the Google weights expect is done inside: the caller normalises with

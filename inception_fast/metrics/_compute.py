@@ -1,0 +1,121 @@
+"""The metrics of image folders (or saved statistics): FID, KID and the Inception Score, streaming
+the features through FeatureStats so that they need not all be held (KID and IS hold theirs)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from inception_fast.metrics._data import batches, list_images, warn_unreadable
+from inception_fast.metrics._extractor import FeatureExtractor
+from inception_fast.metrics._stats import (FeatureStats, frechet_distance, inception_score, kernel_inception_distance,
+                                           load_stats)
+
+
+def _default_workers() -> int:
+    return min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+def _progress(label: str):
+    """A one-line progress report on stderr when it is a terminal, else nothing."""
+    if not sys.stderr.isatty():
+        return lambda done, total, final=False: None
+    start = time.perf_counter()
+
+    def report(done: int, total: int, final: bool = False) -> None:
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        sys.stderr.write(f"\r{label}: {done}/{total} images, {rate:.1f} img/s")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def folder_features(folder, extractor: FeatureExtractor, batch_size: int = 50, workers: int | None = None,
+                    progress: bool = True):
+    """Yields the features ({tap: (n, width)}) of the images under folder, batch by batch, decoded
+    and preprocessed in `workers` DataLoader processes (default: the cores less one, at most 8; 0:
+    in this process). Unreadable files are skipped and counted (a warning at the end)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    files = list_images(folder)
+    report = _progress(os.fspath(folder)) if progress else (lambda *a, **k: None)
+    workers = _default_workers() if workers is None else int(workers)
+    unreadable, done = [], 0
+    for batch, bad in batches(files, extractor.mode, batch_size, workers, pin_memory=extractor.device.type == "cuda"):
+        unreadable += bad
+        done += len(bad)
+        if batch is not None:
+            yield extractor.features(batch)
+            done += len(batch)
+        report(done, len(files))
+    report(done, len(files), final=True)
+    warn_unreadable(unreadable, len(files))
+    if len(unreadable) == len(files):
+        raise ValueError(f"none of the {len(files)} files in {os.fspath(folder)!r} could be read as an image")
+
+
+def _is_stats_file(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".npz")
+
+
+def compute_metrics(path1, path2=None, *, fid: bool = True, kid: bool = False, isc: bool = False, dims: int = 2048,
+                    weights=True, mode: str = "pytorch-fid", batch_size: int = 50, device: str = "cpu",
+                    workers: int | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                    isc_splits: int = 10, save_stats: str | os.PathLike | None = None, progress: bool = True,
+                    extractor: FeatureExtractor | None = None) -> dict:
+    """FID (and KID / IS when asked) of two image folders, each of which may instead be an .npz of
+    pytorch-fid's statistics ('mu', 'sigma'; FID only). Returns {'fid', 'kid_mean', 'kid_std',
+    'is_mean', 'is_std'} for what was asked, with 'mu1', 'sigma1', 'mu2', 'sigma2' (the statistics of
+    the `dims` features). save_stats: write path1's statistics there (pytorch-fid's --save-stats).
+    The Inception Score is path1's. extractor: a FeatureExtractor to use (weights, mode, device
+    are then its own)."""
+    sources = [path1] if path2 is None else [path1, path2]
+    if (fid or kid) and path2 is None:
+        raise ValueError("FID and KID compare two sets: pass path2")
+    if (kid or isc) and any(_is_stats_file(s) for s in sources):
+        raise ValueError("KID and the Inception Score need the images' features: statistics files hold only "
+                         "mu and sigma (FID)")
+    taps = (dims,) + (("logits_unbiased",) if isc else ())
+    ext = extractor
+    out: dict = {}
+    held = {}
+    for i, source in enumerate(sources, 1):
+        if _is_stats_file(source):
+            mu, sigma = load_stats(source)
+            if mu.shape[0] != dims:
+                raise ValueError(f"{os.fspath(source)!r} holds statistics of {mu.shape[0]} features; --dims is {dims}")
+        else:
+            if ext is None:
+                ext = FeatureExtractor(weights, taps=taps, mode=mode, device=device)
+            stats, keep, logits = FeatureStats(dims), [], []
+            for feats in folder_features(source, ext, batch_size, workers, progress):
+                stats.update(feats[dims])
+                if kid:
+                    keep.append(feats[dims])
+                if isc and i == 1:
+                    logits.append(feats["logits_unbiased"])
+            mu, sigma = stats.mean(), stats.covariance()
+            held[i] = (torch.cat(keep) if keep else None, torch.cat(logits) if logits else None)
+        out[f"mu{i}"], out[f"sigma{i}"] = mu, sigma
+    if save_stats is not None:
+        from inception_fast.metrics._stats import save_stats as _save
+
+        _save(save_stats, out["mu1"], out["sigma1"])
+    if fid:
+        out["fid"] = frechet_distance(out["mu1"], out["sigma1"], out["mu2"], out["sigma2"])
+    if kid:
+        out.update(kernel_inception_distance(held[1][0], held[2][0], kid_subsets, kid_subset_size))
+    if isc:
+        out.update(inception_score(held[1][1], isc_splits))
+    return out
+
+
+def compute_statistics(path, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the `dims` features of an image folder (or of an .npz, read back)."""
+    r = compute_metrics(path, fid=False, **kwargs)
+    return r["mu1"], r["sigma1"]

@@ -1,0 +1,53 @@
+"""From images to the FID network's input (3 x 299 x 299 in [-1, 1]), as each package does it:
+
+- 'pytorch-fid' (the default): float RGB in [0, 1] (uint8 is divided by 255, as torchvision's
+  ToTensor does), resized to 299 bilinearly (F.interpolate, align_corners=False, antialias off), then
+  2x - 1;
+- 'torch-fidelity': uint8 RGB (float in 0..255 taken as it is), resized to 299 with TensorFlow 1's
+  bilinear rule (source pixel = output pixel * in / out, no half-pixel offset), then (x - 128) / 128.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("pytorch-fid", "torch-fidelity")
+SIZE = 299
+
+
+def _tf1_axis(n_in: int, n_out: int, device):
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out  # TensorFlow's float scale
+    src = torch.arange(n_out, dtype=torch.float32) * scale
+    lo = src.floor()
+    frac = (src - lo).to(device)
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo.to(device), hi.to(device), frac
+
+
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1.x's tf.image.resize_bilinear(align_corners=False) of an (N, C, H, W) float32
+    batch, with its order of operations (top, bottom, then between them), as torch-fidelity uses it."""
+    lo_y, hi_y, fy = _tf1_axis(x.shape[-2], size[0], x.device)
+    lo_x, hi_x, fx = _tf1_axis(x.shape[-1], size[1], x.device)
+    top, bottom = x[..., lo_y, :], x[..., hi_y, :]
+    fx = fx.to(x.dtype)
+    t = top[..., lo_x] + (top[..., hi_x] - top[..., lo_x]) * fx
+    b = bottom[..., lo_x] + (bottom[..., hi_x] - bottom[..., lo_x]) * fx
+    return t + (b - t) * fy.to(x.dtype)[:, None]
+
+
+def preprocess(images: torch.Tensor, mode: str = "pytorch-fid") -> torch.Tensor:
+    """images (N, 3, H, W; uint8, or float as the mode takes it) as the FID network's float32 input
+    (N, 3, 299, 299) in [-1, 1], the way `mode` (MODES) prepares it."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be an (N, 3, H, W) RGB batch, got {shape}")
+    if mode == "pytorch-fid":
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+    x = resize_bilinear_tf1(images.float(), (SIZE, SIZE))
+    return (x - 128) / 128
