@@ -101,13 +101,20 @@ def test_features_match_torch_fidelity(weights):
         assert rel_err(got[tap], w) < 1e-5, tap
 
 
-def test_features_do_not_depend_on_the_batch_size(weights):
-    ext = metrics.FeatureExtractor(weights, taps=TAPS + ("logits",))
+@pytest.mark.parametrize("optimized", [False, True], ids=["fused", "optimize"])
+def test_features_do_not_depend_on_the_batch_size(weights, optimized):
+    # the fused path at every tap; optimize() for the pool3 features and the logits from them
+    taps = (2048, "logits", "logits_unbiased") if optimized else TAPS + ("logits",)
+    ext = metrics.FeatureExtractor(weights, taps=taps, optimized=optimized)
     x = torch.randint(0, 256, (2, 3, 120, 90), dtype=torch.uint8)
     whole = ext(x)
     single = [ext(x[i:i + 1]) for i in range(2)]
     for tap in whole:
         assert torch.equal(torch.cat([s[tap] for s in single]), whole[tap]), tap
+    if optimized:
+        eager = metrics.FeatureExtractor(weights, taps=taps, optimized=False)(x)
+        for tap in taps:
+            assert rel_err(whole[tap], eager[tap]) < 1e-5, tap
 
 
 def test_fid_of_two_folders_matches_pytorch_fid(weights, peer_url, tmp_path, capsys):

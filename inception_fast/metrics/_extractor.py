@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
 from inception_fast.metrics._preprocess import preprocess
-from inception_fast.models.inception_v3_fid import InceptionV3FID, inception_v3_fid
+from inception_fast.models.inception_v3_fid import LOGITS, InceptionV3FID, inception_v3_fid
 
 
 @contextlib.contextmanager
@@ -22,20 +23,38 @@ def _no_tf32():
 
 class FeatureExtractor:
     """The FID Inception (models.inception_v3_fid) as the metrics run it: a batch of images
-    (metrics.preprocess's input for `mode`) -> {tap: (N, width) float32 on the CPU}; in eval mode, on
-    the fused path, without gradients, TF32 off on GPUs.
+    (metrics.preprocess's input for `mode`) -> {tap: (N, width) float32 on the CPU}; in eval mode,
+    without gradients, TF32 off on GPUs.
 
     weights: as inception_v3_fid's (True, the default: the published file; a path, URL or state_dict;
     None: untrained); or model: an InceptionV3FID to use as it is. taps: widths of FID_TAPS, 'logits',
-    'logits_unbiased'."""
+    'logits_unbiased'. dtype: float32, or bfloat16 / float16 (faster where the hardware has them,
+    features less exact). optimized: the 2048 features (and the logits, from them) through
+    inception_fast.optimize() of the network without its classifier (default, when the taps are
+    those); the other taps, or optimized=False, run the model's fused path."""
 
     def __init__(self, weights=True, taps=(2048,), mode: str = "pytorch-fid", device: str | torch.device = "cpu",
-                 model: InceptionV3FID | None = None):
+                 model: InceptionV3FID | None = None, dtype: torch.dtype = torch.float32, optimized: bool | None = None):
         self.device = torch.device(device)
         self.model = (model if model is not None else inception_v3_fid(weights)).eval().to(self.device)
         self.taps = tuple(taps)
         self.mode = mode
+        self.dtype = dtype
         preprocess(torch.zeros(1, 3, 1, 1, dtype=torch.uint8), mode)  # an unknown mode fails here, not mid-run
+        if not isinstance(self.model, InceptionV3FID):
+            raise TypeError(f"model must be an InceptionV3FID (models.inception_v3_fid), got {type(self.model).__name__}")
+        pool3_only = all(t == 2048 or t in LOGITS for t in self.taps)
+        if optimized and not pool3_only:
+            raise ValueError(f"optimized=True computes the 2048 features and the logits only, not taps {self.taps}")
+        self._pool3 = None
+        if (optimized is None or optimized) and pool3_only:
+            from inception_fast import optimize
+
+            body = copy.deepcopy(self.model)
+            body.reset_classifier(0)  # forward: the pooled 2048 features
+            self._pool3 = optimize(body, dtype=dtype)
+        elif dtype != torch.float32:
+            self.model = copy.deepcopy(self.model).to(dtype)
 
     def __call__(self, images: torch.Tensor) -> dict:
         """The features of a batch of images (preprocessed here, as `mode` does it)."""
@@ -44,6 +63,11 @@ class FeatureExtractor:
     @torch.inference_mode()
     def features(self, x: torch.Tensor) -> dict:
         """The features of a preprocessed batch (the network's input, as metrics.preprocess gives it)."""
+        x = x.to(self.device, non_blocking=True)
         with _no_tf32():
-            feats = self.model.fid_features(x.to(self.device, non_blocking=True), self.taps)
+            if self._pool3 is not None:
+                pool3 = self._pool3(x).float()
+                feats = {t: self.model.logits(pool3, t == "logits") if t in LOGITS else pool3 for t in self.taps}
+            else:
+                feats = self.model.fid_features(x.to(self.dtype), self.taps)
         return {t: f.to("cpu", torch.float32) for t, f in feats.items()}

@@ -69,16 +69,15 @@ class InceptionV3FID(Inception3):
             x = self._run_layer(name, x)
             if name in needs:
                 pooled[name] = x.mean((2, 3), dtype=torch.float32)
-        out = {}
-        for t in taps:
-            if t in LOGITS:
-                # row by row: the same kernel whatever the batch size, so the same bits
-                w, b = self.fc.weight.float(), self.fc.bias
-                b = b.float() if t == "logits" and b is not None else None
-                out[t] = torch.cat([F.linear(row, w, b) for row in pooled[FID_TAPS[2048]].split(1)])
-            else:
-                out[t] = pooled[FID_TAPS[t]]
-        return out
+        return {t: self.logits(pooled[FID_TAPS[2048]], t == "logits") if t in LOGITS else pooled[FID_TAPS[t]]
+                for t in taps}
+
+    def logits(self, pool3: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The classifier on the 2048 pool3 features (float32), with or without its bias; row by row,
+        so that a row's logits are the same bits whatever the batch size."""
+        w = self.fc.weight.float()
+        b = self.fc.bias.float() if bias and self.fc.bias is not None else None
+        return torch.cat([F.linear(row, w, b) for row in pool3.float().split(1)])
 
 
 def inception_v3_fid(weights: str | os.PathLike | Mapping[str, Any] | bool | None = None,
