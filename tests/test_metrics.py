@@ -101,6 +101,25 @@ def test_features_match_torch_fidelity(weights):
         assert rel_err(got[tap], w) < 1e-5, tap
 
 
+def test_preprocessing_is_each_packages():
+    from cleanfid.resize import make_resizer
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    x = torch.randint(0, 256, (2, 3, 67, 130), dtype=torch.uint8)
+    # torch-fidelity: TensorFlow 1's bilinear resize, bit for bit
+    want = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
+    assert torch.equal(metrics.preprocess(x, "torch-fidelity"), (want - 128) / 128)
+    # clean-fid: PIL's bicubic per channel in float32
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+    want = torch.stack([torch.from_numpy(resize(im.permute(1, 2, 0).numpy())).permute(2, 0, 1) for im in x])
+    assert torch.equal(metrics.preprocess(x, "clean-fid"), (want - 128) / 128)
+    # pytorch-fid: [0, 1], bilinear, 2x - 1
+    want = torch.nn.functional.interpolate(x.float() / 255, size=(299, 299), mode="bilinear", align_corners=False)
+    assert torch.equal(metrics.preprocess(x, "pytorch-fid"), 2 * want - 1)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        metrics.preprocess(x[:, :2])
+
+
 @pytest.mark.parametrize("optimized", [False, True], ids=["fused", "optimize"])
 def test_features_do_not_depend_on_the_batch_size(weights, optimized):
     # the fused path at every tap; optimize() for the pool3 features and the logits from them

@@ -4,14 +4,17 @@
   ToTensor does), resized to 299 bilinearly (F.interpolate, align_corners=False, antialias off), then
   2x - 1;
 - 'torch-fidelity': uint8 RGB (float in 0..255 taken as it is), resized to 299 with TensorFlow 1's
-  bilinear rule (source pixel = output pixel * in / out, no half-pixel offset), then (x - 128) / 128.
+  bilinear rule (source pixel = output pixel * in / out, no half-pixel offset), then (x - 128) / 128;
+- 'clean-fid': uint8 RGB (float in 0..255 taken as it is), each channel resized to 299 by PIL's
+  bicubic filter in float32 and clipped to 0..255 (clean-fid's "clean" mode), then (x - 128) / 128.
+  PIL runs on the CPU (in the DataLoader workers for folders).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-MODES = ("pytorch-fid", "torch-fidelity")
+MODES = ("pytorch-fid", "torch-fidelity", "clean-fid")
 SIZE = 299
 
 
@@ -49,5 +52,23 @@ def preprocess(images: torch.Tensor, mode: str = "pytorch-fid") -> torch.Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
         return 2 * x - 1
-    x = resize_bilinear_tf1(images.float(), (SIZE, SIZE))
+    if mode == "clean-fid":
+        x = resize_bicubic_pil(images, (SIZE, SIZE)).to(images.device)
+    else:
+        x = resize_bilinear_tf1(images.float(), (SIZE, SIZE))
     return (x - 128) / 128
+
+
+def resize_bicubic_pil(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each channel of each image (N, C, H, W; values 0..255) resized by PIL's bicubic filter as a
+    float32 image, clipped to 0..255, as clean-fid does; float32 on the CPU."""
+    import numpy as np
+    from PIL import Image
+
+    arr = images.detach().to("cpu", torch.float32).numpy()
+    out = np.empty((arr.shape[0], arr.shape[1], size[0], size[1]), dtype=np.float32)
+    for i in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            img = Image.fromarray(arr[i, c], mode="F").resize((size[1], size[0]), resample=Image.BICUBIC)
+            out[i, c] = np.asarray(img).clip(0, 255)
+    return torch.from_numpy(out)

@@ -58,7 +58,7 @@ def _branch_pool_module(kind: str = "avg") -> nn.Module:
 class _PoolBranch(nn.Module):
     """The pool branch's pool of the A, C and E blocks, chosen by `pool_branch` (POOL_BRANCHES)."""
 
-    pool_branch: str = "avg"
+    pool_branch = "avg"
 
     def _set_pool_branch(self, kind: str) -> None:
         if kind not in POOL_BRANCHES:
