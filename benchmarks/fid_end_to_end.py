@@ -75,16 +75,25 @@ def write_jpegs(folder: str, n: int, seed: int, side: int = 256) -> None:
         Image.fromarray(img).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
 
 
-def random_weights(path: str) -> None:
+def random_weights(path: str, folder: str) -> None:
+    """Untrained weights whose BatchNorm statistics are those of the benchmark's own images (one
+    training-mode pass over 32 of them, cumulative averages), so that the features have the scale of a
+    trained network's rather than growing layer after layer."""
+    from inception_fast import metrics
     from inception_fast.models import inception_v3_fid
 
     torch.manual_seed(0)
     model = inception_v3_fid(None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    files = metrics.list_images(folder)[:32]
+    from PIL import Image
+
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1) for f in files])
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+        model.train()(metrics.preprocess(x))
     torch.save(model.state_dict(), path)
 
 
@@ -104,7 +113,7 @@ def main(argv=None) -> int:
         a, b, weights = os.path.join(tmp, "a"), os.path.join(tmp, "b"), os.path.join(tmp, "w.pth")
         write_jpegs(a, args.images, 1)
         write_jpegs(b, args.images, 2)
-        random_weights(weights)
+        random_weights(weights, a)
         workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
         rows = {}
         for w in who:

@@ -47,7 +47,6 @@ def use_merged_1x1(enabled: bool = True):
     return _merge_1x1.use(enabled)
 
 
-# Whether torch.fx.symbolic_trace is tracing (torch.export and torch.compile trace the fused path).
 _fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None) or (
     lambda: torch.fx._symbolic_trace.is_fx_tracing() and not torch.compiler.is_compiling())
 
@@ -57,14 +56,12 @@ class _PathMixin:
     __jit_ignored_attributes__ = ["fused"]  # Python-only: TorchScript compiles the reference path
 
     def _use_fused(self) -> bool:
-        # torch.fx's symbolic tracing cannot follow the fused path's choices (they read the input's
-        # device, layout and sizes): it traces the reference path (models/_timm.py: timm's leaves).
-        if _fx_symbolic_tracing():
-            return False
-        # ONNX has no kernels of ours: under torch.onnx.export (both exporters) the reference path's
-        # standard ops are exported, which ONNX Runtime fuses itself (BatchNorm into the convolutions).
-        # (is_in_onnx_export costs ~1 us a call: asked only while tracing or exporting)
-        if (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
+        # The reference path's standard ops where the fused path's choices (made from the input's
+        # device, layout and sizes) cannot be followed: under torch.fx.symbolic_trace (timm's tools
+        # keep our layers whole: models/_timm.py) and torch.onnx.export, both exporters (ONNX has no
+        # kernels of ours; ONNX Runtime folds the BatchNorms itself; is_in_onnx_export costs ~1 us).
+        if _fx_symbolic_tracing() or ((torch.compiler.is_exporting() or torch.jit.is_tracing())
+                                      and torch.onnx.is_in_onnx_export()):
             return False
         return fused_enabled() if self.fused is None else self.fused
 
@@ -144,12 +141,10 @@ def conv2d_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:
-    """Put the weight of every k x k nn.Conv2d of `module` in channels_last (True) or NCHW (False),
-    in place (same parameter objects, same values, same state_dict), as
-    module.to(memory_format=...) does for them. The fused path wants channels_last (with an NCHW
-    weight ATen reorders it on every forward and backward). Do it before wrapping the model in
-    DistributedDataParallel, whose gradient buckets follow the parameters' layout then. (1x1 weights
-    are left alone: the GEMM takes either.)"""
+    """Put the weight of every k x k nn.Conv2d of `module` in channels_last (True) or NCHW (False), in
+    place (same parameters, values and state_dict). The fused path wants channels_last (else ATen
+    reorders an NCHW weight on every pass); do it before DistributedDataParallel, whose gradient
+    buckets follow the parameters' layout. 1x1 weights are left alone: the GEMM takes either."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with torch.no_grad():
         for m in module.modules():
@@ -160,10 +155,9 @@ def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> nn.Module:
 
 
 def _bn_bookkeeping(bns, training: bool) -> tuple[float, bool, bool]:
-    """nn.BatchNorm2d.forward's bookkeeping for BatchNorms that run as one bn_relu call (they agree on
-    momentum, running statistics and mode): num_batches_tracked counted for each, and (the running
-    statistics' update factor, whether to use the batch's statistics, whether to track running ones).
-    momentum None means a cumulative moving average."""
+    """nn.BatchNorm2d.forward's bookkeeping for BatchNorms run as one bn_relu call (same momentum, None:
+    cumulative; running statistics; mode): num_batches_tracked counted for each, and (the update
+    factor, whether to use the batch's statistics, whether to track running ones)."""
     first = bns[0]
     factor = 0.0 if first.momentum is None else first.momentum
     if training and first.track_running_stats and first.num_batches_tracked is not None:
@@ -191,12 +185,10 @@ def bn_relu_module(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, trainin
 
 
 def sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Make every BatchNorm2d of `module` combine its batch statistics across the processes of
-    `process_group` (default: the whole world) on the fused path: nn.SyncBatchNorm's semantics,
-    without converting the modules (DistributedDataParallel accepts nn.SyncBatchNorm only on GPUs;
-    the fused bn_relu all-reduces its sums on any backend, gloo included). Same module names, same
-    state_dict. The reference path does not synchronise: use nn.SyncBatchNorm.convert_sync_batchnorm
-    there. Returns module."""
+    """Make every BatchNorm2d of `module` combine its batch statistics across `process_group` (default:
+    the world) on the fused path: nn.SyncBatchNorm's semantics on any backend, gloo included (DDP takes
+    nn.SyncBatchNorm only on GPUs), same names and state_dict. The reference path does not synchronise
+    (use nn.SyncBatchNorm.convert_sync_batchnorm there). Returns module."""
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d) and not isinstance(m, nn.SyncBatchNorm):
             m._inception_fast_sync = True
@@ -214,9 +206,8 @@ def _max_pool_fast(x: torch.Tensor, dilation=1) -> bool:
 
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                fused: bool = True, dilation=1, return_indices: bool = False):
-    """F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
-    return_indices=return_indices); on the fused path (`fused`, a layer's _use_fused()) the max_pool
-    op where it is faster (CPU inference, see _max_pool_fast)."""
+    """F.max_pool2d(x, ...); on the fused path (`fused`, a layer's _use_fused()) the max_pool op where it
+    is faster (CPU inference, see _max_pool_fast)."""
     if torch.jit.is_scripting():  # TorchScript compiles the reference path only
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     else:
