@@ -30,7 +30,7 @@ cfg = json.loads(sys.argv[1])
 a, b, weights, who = cfg["a"], cfg["b"], cfg["weights"], cfg["who"]
 workers = cfg["workers"]
 t0 = time.perf_counter()
-if who == "pytorch-fid":
+if who.startswith("pytorch-fid"):
     from pytorch_fid import fid_score, inception
     inception.FID_WEIGHTS_URL = "file://" + weights
     torch.hub.set_dir(cfg["hub"])
@@ -101,11 +101,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2000, help="JPEGs per folder (256x256)")
     p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: each package's own)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers for every contestant (default: each one's own: pytorch-fid's command "
+                        "line min(8, cores), also run with 0; torch-fidelity's; ours)")
     p.add_argument("--only", nargs="*", default=None, help="contestants to run (default all)")
     p.add_argument("--out", default=None, help="append the Markdown table to this file")
     args = p.parse_args(argv)
-    who = ["pytorch-fid", "torch-fidelity", "inception_fast fp32"]
+    who = ["pytorch-fid", "pytorch-fid, 0 workers", "torch-fidelity", "inception_fast fp32"]
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         who.append("inception_fast bf16")
     who = [w for w in who if args.only is None or w in args.only]
@@ -114,10 +116,13 @@ def main(argv=None) -> int:
         write_jpegs(a, args.images, 1)
         write_jpegs(b, args.images, 2)
         random_weights(weights, a)
-        workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
         rows = {}
         for w in who:
-            cfg = dict(a=a, b=b, weights=weights, who=w, batch=args.batch, workers=workers, hub=os.path.join(tmp, "hub"))
+            workers = args.workers
+            if workers is None and w.startswith("pytorch-fid"):
+                workers = 0 if w.endswith("0 workers") else min(8, os.cpu_count() or 1)
+            cfg = dict(a=a, b=b, weights=weights, who=w, batch=args.batch, workers=workers,
+                       hub=os.path.join(tmp, "hub"))
             out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)], capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{w} failed:\n{out.stderr[-3000:]}")
@@ -125,7 +130,8 @@ def main(argv=None) -> int:
             print(w, rows[w], flush=True)
     ref = rows.get("pytorch-fid", {}).get("fid")
     fastest_peer = min((r["total_s"] for k, r in rows.items() if not k.startswith("inception_fast")), default=None)
-    lines = [f"End-to-end FID, 2 x {args.images} JPEGs 256x256, batch {args.batch}, {workers} workers; torch "
+    workers = "each contestant's default" if args.workers is None else args.workers
+    lines = [f"End-to-end FID, 2 x {args.images} JPEGs 256x256, batch {args.batch}, workers: {workers}; torch "
              f"{torch.__version__}, {os.cpu_count()} cores ({time.strftime('%Y-%m-%d')})", "",
              "| contestant | img/s | features s | distance s | total s | vs fastest peer | FID | vs pytorch-fid |",
              "|---|---|---|---|---|---|---|---|"]

@@ -249,3 +249,4 @@ def test_bad_input_says_what_is_wrong(weights, tmp_path):
     with pytest.raises(ValueError, match="taps must be among"):
         inception_v3_fid(None).fid_features(torch.zeros(1, 3, 299, 299), (100,))
     assert cli_main(["fid", good]) == 2
+    assert cli_main(["fid", str(tmp_path / "s192.npz"), "--isc", "--weights", weights]) == 2

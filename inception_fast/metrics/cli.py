@@ -23,7 +23,8 @@ def add_fid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="pytorch-fid", choices=MODES,
                    help="preprocessing as pytorch-fid (default) or torch-fidelity does it")
     p.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images "
-                   "(default: the cores less one, at most 8)")
+                   "(default: on a GPU the cores less one, at most 8; on the CPU none up to 4 cores, else a "
+                   "quarter of them)")
     p.add_argument("--save-stats", default=None, metavar="OUT.npz",
                    help="write the first PATH's statistics (mu, sigma) to OUT.npz, as pytorch-fid's --save-stats")
     p.add_argument("--kid", action="store_true", help="also the kernel inception distance (torch-fidelity's)")
@@ -46,10 +47,15 @@ def fid_command(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = True if args.weights is None else args.weights
     two = len(paths) == 2
-    r = compute_metrics(paths[0], paths[1] if two else None, fid=two, kid=args.kid and two, isc=args.isc,
-                        dims=args.dims, weights=weights, mode=args.mode, batch_size=args.batch_size, device=device,
-                        workers=args.workers, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                        isc_splits=args.isc_splits, save_stats=args.save_stats)
+    try:
+        r = compute_metrics(paths[0], paths[1] if two else None, fid=two, kid=args.kid and two, isc=args.isc,
+                            dims=args.dims, weights=weights, mode=args.mode, batch_size=args.batch_size,
+                            device=device, workers=args.workers, kid_subsets=args.kid_subsets,
+                            kid_subset_size=args.kid_subset_size, isc_splits=args.isc_splits,
+                            save_stats=args.save_stats)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input, or no weights without a network
+        print(f"inception-fast fid: error: {e}", file=sys.stderr)
+        return 2
     if args.save_stats is not None:
         print(f"statistics of {paths[0]} saved to {args.save_stats}")
     if "is_mean" in r:
