@@ -37,8 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tests._peers import randomise  # BatchNorm statistics away from (0, 1), as the model tests do
 from tools.pytest_deadline import REASON, deadline
+
+# tests/ is a folder of modules, not a package (a `tests` package some wheels install, torch-fidelity's
+# among them, would shadow it): its helpers are imported from it by path, as pytest does.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _peers import randomise  # noqa: E402  (BatchNorm statistics away from (0, 1), as the model tests do)
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 MODELS = ("inception_v3", "googlenet", "inception_v4", "inception_resnet_v2", "bn_inception", "inception_resnet_v1")
