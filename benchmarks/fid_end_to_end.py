@@ -1,14 +1,18 @@
-"""End-to-end FID of two image folders on this machine: pytorch-fid, torch-fidelity and ours
-(`inception_fast.metrics`, float32; bf16 where the CPU has native bf16), each in a process of its own
-and one after the other, on the same JPEGs (written here) and the same weights: with no network, a
-random FID Inception (BatchNorm statistics drawn too) saved in pytorch-fid's format, handed to each
-(pytorch-fid through its weights URL pointed at the file, torch-fidelity through
-feature_extractor_weights_path). Reports images/s over both folders, the seconds of the distance,
-the total seconds, and each FID with its relative difference to pytorch-fid's.
+"""End-to-end FID of two image folders on this machine: pytorch-fid, torch-fidelity, clean-fid and
+ours (`inception_fast.metrics`, float32 in each preprocessing mode; bf16 where the CPU has native
+bf16), each in a process of its own and one after the other, on the same JPEGs (written here) and
+the same weights: with no network, a random FID Inception (BatchNorm statistics drawn too) saved in
+pytorch-fid's format, handed to each (pytorch-fid through its weights URL pointed at the file,
+torch-fidelity through feature_extractor_weights_path). Reports images/s over both folders, the
+seconds of the distance, the total seconds, and each FID with its relative difference to the FID of
+the package whose preprocessing it follows.
 
     python benchmarks/fid_end_to_end.py --images 2000 --out benchmarks/results/fid_cpu.md
 
-clean-fid is not among them: its CPU path needs its TorchScript weights file from the network.
+clean-fid runs its own pipeline (compute_fid in its "clean" mode: PIL-bicubic resizing in its
+DataLoader workers, numpy statistics, scipy's sqrtm) with pytorch-fid's network on the same weights as
+its feature extractor: its own TorchScript network is a download. Its features and distance are timed
+as one. Each of our rows in a peer's preprocessing mode is compared with that peer's FID.
 """
 from __future__ import annotations
 
@@ -40,6 +44,23 @@ if who.startswith("pytorch-fid"):
     m2, s2 = fid_score.compute_statistics_of_path(b, model, cfg["batch"], 2048, "cpu", workers)
     t2 = time.perf_counter()
     fid = fid_score.calculate_frechet_distance(m1, s1, m2, s2)
+elif who == "clean-fid":
+    from cleanfid import fid as cleanfid
+    from pytorch_fid import inception
+    inception.FID_WEIGHTS_URL = "file://" + weights
+    torch.hub.set_dir(cfg["hub"])
+    net = inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
+
+    def extractor(x):  # clean-fid's batches: float 0..255 at 299x299; its own network normalises so
+        return net((x - 128) / 128)[0].flatten(1)
+
+    t1 = time.perf_counter()
+    # clean-fid's compute_fid: its PIL-bicubic resize in DataLoader workers (12 by default), np.cov,
+    # scipy's sqrtm; the features phase is not separable from the distance here
+    fid = cleanfid.compute_fid(a, b, mode="clean", custom_feat_extractor=extractor, batch_size=cfg["batch"],
+                               device=torch.device("cpu"), verbose=False,
+                               **({} if workers is None else {"num_workers": workers}))
+    t2 = time.perf_counter()
 elif who == "torch-fidelity":
     import torch_fidelity
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
@@ -53,14 +74,16 @@ elif who == "torch-fidelity":
     fid = fid_statistics_to_metric(stats[0], stats[1], False)["frechet_inception_distance"]
 else:
     from inception_fast import metrics
-    ext = metrics.FeatureExtractor(weights, dtype=torch.bfloat16 if who.endswith("bf16") else torch.float32)
+    mode = who.split(", ")[1].removesuffix(" mode") if ", " in who else "pytorch-fid"
+    ext = metrics.FeatureExtractor(weights, mode=mode, dtype=torch.bfloat16 if "bf16" in who else torch.float32)
     t1 = time.perf_counter()
     kw = dict(extractor=ext, batch_size=cfg["batch"], workers=workers, progress=False)
     (m1, s1), (m2, s2) = metrics.compute_statistics(a, **kw), metrics.compute_statistics(b, **kw)
     t2 = time.perf_counter()
     fid = metrics.frechet_distance(m1, s1, m2, s2)
-t3 = time.perf_counter()
-print(json.dumps({"setup_s": t1 - t0, "features_s": t2 - t1, "distance_s": t3 - t2, "total_s": t3 - t0, "fid": float(fid)}))
+t3 = time.perf_counter() if who != "clean-fid" else None
+print(json.dumps({"setup_s": t1 - t0, "features_s": t2 - t1, "distance_s": None if t3 is None else t3 - t2,
+                  "total_s": (t2 if t3 is None else t3) - t0, "fid": float(fid)}))
 """
 
 
@@ -107,7 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="contestants to run (default all)")
     p.add_argument("--out", default=None, help="append the Markdown table to this file")
     args = p.parse_args(argv)
-    who = ["pytorch-fid", "pytorch-fid, 0 workers", "torch-fidelity", "inception_fast fp32"]
+    who = ["pytorch-fid", "pytorch-fid, 0 workers", "torch-fidelity", "clean-fid", "inception_fast fp32",
+           "inception_fast fp32, torch-fidelity mode", "inception_fast fp32, clean-fid mode"]
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         who.append("inception_fast bf16")
     who = [w for w in who if args.only is None or w in args.only]
@@ -128,17 +152,24 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{w} failed:\n{out.stderr[-3000:]}")
             rows[w] = json.loads(out.stdout.strip().splitlines()[-1])
             print(w, rows[w], flush=True)
-    ref = rows.get("pytorch-fid", {}).get("fid")
+    def peer(w: str) -> str:
+        """The package whose preprocessing a row follows: its FID is the reference for the row."""
+        if not w.startswith("inception_fast"):
+            return "pytorch-fid"
+        return w.split(", ")[1].removesuffix(" mode") if ", " in w else "pytorch-fid"
+
     fastest_peer = min((r["total_s"] for k, r in rows.items() if not k.startswith("inception_fast")), default=None)
     workers = "each contestant's default" if args.workers is None else args.workers
     lines = [f"End-to-end FID, 2 x {args.images} JPEGs 256x256, batch {args.batch}, workers: {workers}; torch "
              f"{torch.__version__}, {os.cpu_count()} cores ({time.strftime('%Y-%m-%d')})", "",
-             "| contestant | img/s | features s | distance s | total s | vs fastest peer | FID | vs pytorch-fid |",
+             "| contestant | img/s | features s | distance s | total s | vs fastest peer | FID | FID rel. diff (vs) |",
              "|---|---|---|---|---|---|---|---|"]
     for w, r in rows.items():
         speed = f"{fastest_peer / r['total_s']:.2f}x" if fastest_peer else "-"
-        diff = f"{abs(r['fid'] - ref) / abs(ref):.1e}" if ref else "-"
-        lines.append(f"| {w} | {2 * args.images / r['features_s']:.1f} | {r['features_s']:.1f} | {r['distance_s']:.2f} "
+        ref = rows.get(peer(w), {}).get("fid")
+        diff = f"{abs(r['fid'] - ref) / abs(ref):.1e} ({peer(w)})" if ref is not None and peer(w) != w else "-"
+        dist = "-" if r["distance_s"] is None else f"{r['distance_s']:.2f}"
+        lines.append(f"| {w} | {2 * args.images / r['features_s']:.1f} | {r['features_s']:.1f} | {dist} "
                      f"| {r['total_s']:.1f} | {speed} | {r['fid']:.6g} | {diff} |")
     table = "\n".join(lines)
     print(table)
