@@ -136,6 +136,23 @@ def test_features_do_not_depend_on_the_batch_size(weights, optimized):
             assert rel_err(whole[tap], eager[tap]) < 1e-5, tap
 
 
+@pytest.mark.parametrize("tap", [64, 192, 768])
+def test_each_tap_through_optimize(weights, tap):
+    # one tap asked for: optimize() of the network cut after its layer, batch-size invariant, the
+    # fused path's numbers
+    ext = metrics.FeatureExtractor(weights, taps=(tap,))
+    assert ext._optimized is not None
+    x = torch.randint(0, 256, (3, 3, 101, 87), dtype=torch.uint8)
+    whole = ext(x)[tap]
+    assert whole.shape == (3, tap)
+    assert torch.equal(torch.cat([ext(x[i:i + 1])[tap] for i in range(3)]), whole)
+    fused = metrics.FeatureExtractor(weights, taps=(tap,), optimized=False)
+    assert fused._optimized is None
+    assert rel_err(whole, fused(x)[tap]) < 1e-5
+    with pytest.raises(ValueError, match="one tap"):
+        metrics.FeatureExtractor(weights, taps=(tap, 2048), optimized=True)
+
+
 def test_fid_of_two_folders_matches_pytorch_fid(weights, peer_url, tmp_path, capsys):
     # 64 features from 70 images a side: a well-conditioned covariance; mixed sizes and formats
     a = _write_images(tmp_path / "a", 70, 1, sizes=((64, 64), (48, 80)))
@@ -184,6 +201,7 @@ def test_frechet_distance_matches_scipys_sqrtm():
         warnings.simplefilter("ignore")
         want = fid_score.calculate_frechet_distance(m1, c1, m2, c2)
     assert abs(metrics.frechet_distance(m1, c1, m2, c2) - want) <= 1e-3 * abs(want)
+    assert abs(metrics.frechet_distance(m1, c1 * 1e12, m1, c1 * 1e12)) <= 1e-12 * np.trace(c1 * 1e12)
     nan = s1.copy()
     nan[0, 0] = np.nan
     assert np.isnan(metrics.frechet_distance(mu1, nan, mu2, s2))
@@ -250,3 +268,68 @@ def test_bad_input_says_what_is_wrong(weights, tmp_path):
         inception_v3_fid(None).fid_features(torch.zeros(1, 3, 299, 299), (100,))
     assert cli_main(["fid", good]) == 2
     assert cli_main(["fid", str(tmp_path / "s192.npz"), "--isc", "--weights", weights]) == 2
+
+
+def test_tensors_and_generators_as_the_folder(weights, tmp_path):
+    # the same images as a folder (PNG, lossless), one uint8 tensor, a generator of (images, labels)
+    # batches of uneven sizes, and floats in the mode's range: the same statistics
+    from PIL import Image
+
+    folder = _write_images(tmp_path / "a", 9, 6, sizes=((57, 70),))
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1)
+                     for f in metrics.list_images(folder)])
+    ext = metrics.FeatureExtractor(weights, taps=(2048,))
+    kw = dict(extractor=ext, batch_size=4, progress=False)
+    want_mu, want_sigma = metrics.compute_statistics(folder, workers=0, **kw)
+    labelled = ((x[i:j], torch.zeros(j - i)) for i, j in ((0, 2), (2, 7), (7, 9)))
+    for source in (x, labelled, [x.float() / 255]):
+        mu, sigma = metrics.compute_statistics(source, **kw)
+        assert rel_err(torch.from_numpy(mu), torch.from_numpy(want_mu)) < 1e-6
+        assert rel_err(torch.from_numpy(sigma), torch.from_numpy(want_sigma)) < 1e-6
+    # a float in 0..255 in the 0..255 modes: the uint8 numbers
+    ext_tf = metrics.FeatureExtractor(weights, taps=(2048,), mode="torch-fidelity")
+    assert torch.equal(ext_tf(x)[2048], ext_tf(x.float())[2048])
+    # a set against itself with fewer images than dimensions (singular covariances): 0 at rounding
+    # level of the covariances' scale (the random weights' features are ~1e11)
+    r = metrics.compute_metrics(x, iter([x[:5], x[5:]]), dims=2048, extractor=ext, progress=False)
+    assert abs(r["fid"]) <= 1e-12 * np.trace(r["sigma1"])
+
+
+def test_bad_tensor_input_says_what_is_wrong(weights, monkeypatch):
+    from inception_fast.metrics import _preprocess
+
+    ext = metrics.FeatureExtractor(weights, taps=(2048,))
+    x = torch.rand(2, 3, 40, 40)
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\].*\(x \+ 1\) / 2"):
+        ext(x * 2 - 1)  # a generator's [-1, 1] output
+    with pytest.raises(ValueError, match=r"floats in \[0, 255\]"):
+        metrics.preprocess(x * 300, "clean-fid")
+    with pytest.raises(TypeError, match="uint8 .* or floating point, got torch.int64"):
+        ext((x * 255).long())
+    monkeypatch.setattr(_preprocess, "_warned_unit_range", set())
+    with pytest.warns(UserWarning, match=r"within \[0, 1\] in mode 'torch-fidelity'"):
+        metrics.preprocess(x, "torch-fidelity")
+    kw = dict(extractor=ext, progress=False)
+    with pytest.raises(ValueError, match="the images are empty"):
+        metrics.compute_statistics(iter([]), **kw)
+    with pytest.raises(TypeError, match="item 1 of the images is a ndarray"):
+        metrics.compute_statistics([x, x.numpy()], **kw)
+    with pytest.raises(TypeError, match="an image folder, an .npz"):
+        metrics.compute_statistics(3, **kw)
+    with pytest.raises(ValueError, match=r"non-empty \(N, 3, H, W\)"):
+        metrics.compute_statistics(x[0], **kw)
+    nan = x.clone()
+    nan[1, 0, 3, 3] = float("nan")
+    out = ext(nan)[2048]
+    assert out[1].isnan().any() and out[0].isfinite().all()  # NaN in, NaN out (that image's only)
+
+
+def test_progress_goes_to_logs_in_tenths(capsys):
+    from inception_fast.metrics import _compute
+
+    report = _compute._progress("real")
+    for done in range(0, 101, 5):
+        report(done, 100)
+    report(100, 100, final=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("real: 100/100 images")

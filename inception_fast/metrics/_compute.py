@@ -28,19 +28,32 @@ def default_workers(device: torch.device) -> int:
 
 
 def _progress(label: str):
-    """A one-line progress report on stderr when it is a terminal, else nothing."""
-    if not sys.stderr.isatty():
-        return lambda done, total, final=False: None
-    start = time.perf_counter()
+    """Progress on stderr: one line updated in place on a terminal; else (a log, a notebook's
+    captured stream) a line at each tenth of the total, or each 10,000 images when the total is not
+    known."""
+    tty = sys.stderr.isatty()
+    start, shown = time.perf_counter(), [0]
 
-    def report(done: int, total: int, final: bool = False) -> None:
+    def report(done: int, total: int | None, final: bool = False) -> None:
         rate = done / max(time.perf_counter() - start, 1e-9)
-        sys.stderr.write(f"\r{label}: {done}/{total} images, {rate:.1f} img/s")
-        if final:
-            sys.stderr.write("\n")
+        line = f"{label}: {done}{'' if total is None else f'/{total}'} images, {rate:.1f} img/s"
+        if tty:
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+        else:
+            step = 10_000 if total is None else max(1, -(-total // 10))
+            if not final and done // step == shown[0] // step:
+                return
+            if final and done == shown[0]:
+                return
+            sys.stderr.write(line + "\n")
+        shown[0] = done
         sys.stderr.flush()
 
     return report
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def folder_features(folder, extractor: FeatureExtractor, batch_size: int = 50, workers: int | None = None,
@@ -51,7 +64,7 @@ def folder_features(folder, extractor: FeatureExtractor, batch_size: int = 50, w
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     files = list_images(folder)
-    report = _progress(os.fspath(folder)) if progress else (lambda *a, **k: None)
+    report = _progress(os.fspath(folder)) if progress else _silent
     workers = default_workers(extractor.device) if workers is None else int(workers)
     unreadable, done = [], 0
     for batch, bad in batches(files, extractor.mode, batch_size, workers, pin_memory=extractor.device.type == "cuda"):
@@ -67,6 +80,45 @@ def folder_features(folder, extractor: FeatureExtractor, batch_size: int = 50, w
         raise ValueError(f"none of the {len(files)} files in {os.fspath(folder)!r} could be read as an image")
 
 
+def tensor_features(source, extractor: FeatureExtractor, batch_size: int = 50, progress: bool = True,
+                    label: str = "images"):
+    """Yields the features ({tap: (n, width)}) of images given as tensors: one (N, 3, H, W) batch
+    (split into batch_size pieces) or an iterable of them (a generator of samples, a DataLoader; an
+    item that is a tuple or list gives its first element, as (images, labels) loaders do). The
+    images are what metrics.preprocess takes for the extractor's mode (uint8, or float in [0, 1] for
+    'pytorch-fid' and in 0..255 for the others)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(source, torch.Tensor):
+        if source.dim() != 4 or source.shape[0] == 0:
+            raise ValueError(f"images must be a non-empty (N, 3, H, W) batch, got shape {tuple(source.shape)}")
+        total, items = source.shape[0], source.split(batch_size)
+    else:
+        try:
+            total, items = None, iter(source)
+        except TypeError:
+            raise TypeError("a source is an image folder, an .npz of statistics, an (N, 3, H, W) tensor or an "
+                            f"iterable of such batches, got {type(source).__name__}") from None
+    report = _progress(label) if progress else _silent
+    done = 0
+    for i, item in enumerate(items):
+        if isinstance(item, (tuple, list)) and item:
+            item = item[0]
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"item {i} of the images is a {type(item).__name__}, not an (N, 3, H, W) tensor")
+        if item.dim() == 3:
+            item = item[None]
+        if item.shape[0] == 0:
+            continue
+        for piece in item.split(batch_size):
+            yield extractor(piece)
+        done += item.shape[0]
+        report(done, total)
+    report(done, total, final=True)
+    if done == 0:
+        raise ValueError("the images are empty: no batch with an image in it")
+
+
 def _is_stats_file(source) -> bool:
     return isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".npz")
 
@@ -76,8 +128,9 @@ def compute_metrics(path1, path2=None, *, fid: bool = True, kid: bool = False, i
                     workers: int | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
                     isc_splits: int = 10, save_stats: str | os.PathLike | None = None, progress: bool = True,
                     extractor: FeatureExtractor | None = None) -> dict:
-    """FID (and KID / IS when asked) of two image folders, each of which may instead be an .npz of
-    pytorch-fid's statistics ('mu', 'sigma'; FID only). Returns {'fid', 'kid_mean', 'kid_std',
+    """FID (and KID / IS when asked) of two sets of images. Each is an image folder, an .npz of
+    pytorch-fid's statistics ('mu', 'sigma'; FID only), an (N, 3, H, W) tensor of images or an
+    iterable of such batches (a generator's samples, a DataLoader: see tensor_features). Returns {'fid', 'kid_mean', 'kid_std',
     'is_mean', 'is_std'} for what was asked, with 'mu1', 'sigma1', 'mu2', 'sigma2' (the statistics of
     the `dims` features). save_stats: write path1's statistics there (pytorch-fid's --save-stats).
     The Inception Score is path1's. extractor: a FeatureExtractor to use (weights, mode, device
@@ -103,7 +156,11 @@ def compute_metrics(path1, path2=None, *, fid: bool = True, kid: bool = False, i
             if ext is None:
                 ext = FeatureExtractor(weights, taps=taps, mode=mode, device=device)
             stats, keep, logits = FeatureStats(dims), [], []
-            for feats in folder_features(source, ext, batch_size, workers, progress):
+            if isinstance(source, (str, os.PathLike)):
+                feature_batches = folder_features(source, ext, batch_size, workers, progress)
+            else:
+                feature_batches = tensor_features(source, ext, batch_size, progress, f"images {i}")
+            for feats in feature_batches:
                 stats.update(feats[dims])
                 if kid:
                     keep.append(feats[dims])
@@ -126,6 +183,7 @@ def compute_metrics(path1, path2=None, *, fid: bool = True, kid: bool = False, i
 
 
 def compute_statistics(path, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the `dims` features of an image folder (or of an .npz, read back)."""
+    """(mu, sigma) of the `dims` features of a set of images (a folder, a tensor, an iterable of
+    batches: as compute_metrics takes them), or of an .npz, read back."""
     r = compute_metrics(path, fid=False, **kwargs)
     return r["mu1"], r["sigma1"]

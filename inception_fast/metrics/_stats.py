@@ -2,13 +2,15 @@
 distance of two Gaussians, the kernel inception distance (KID) and the Inception Score (IS).
 
 The Fréchet distance is |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2). The trace of the
-matrix square root is taken as the sum of the square roots of the eigenvalues of S1^1/2 S2 S1^1/2, a
-symmetric positive semi-definite matrix with the same eigenvalues as S1 S2 (two symmetric
-eigen-decompositions, float64): stable where scipy's sqrtm of the non-symmetric product S1 S2 (as
-pytorch-fid computes it) can return complex values. On a well-conditioned pair both agree to ~1e-9
-relative. Where a covariance is (near) singular -- fewer samples than dimensions -- the eigenvalues
-that rounding makes slightly negative are taken as 0 here; pytorch-fid then adds 1e-6 to the diagonal
-of both covariances and drops the imaginary part, which moves its result by up to ~1e-6 * dims.
+matrix square root is taken as the sum of the singular values of F1^T F2, where F F^T = S comes from
+a symmetric eigen-decomposition (F = V diag(sqrt(w))): (F1^T F2)(F1^T F2)^T = F1^T S2 F1 has the
+eigenvalues of S1 S2 (float64 throughout). This is stable where scipy's sqrtm of the non-symmetric
+product S1 S2 (as pytorch-fid computes it) can return complex values, and it works at the scale of
+the covariances, not of their product. On a well-conditioned pair both agree to ~1e-9 relative.
+Where a covariance is (near) singular -- fewer samples than dimensions -- the eigenvalues that
+rounding makes slightly negative are taken as 0 here (a set against itself then gives ~0, at
+rounding level); pytorch-fid adds 1e-6 to the diagonal of both covariances only when its sqrtm is
+not finite and drops the imaginary part, and its result can then be far off.
 """
 from __future__ import annotations
 
@@ -70,9 +72,11 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
+def _scaled_eigenvectors(a: torch.Tensor) -> torch.Tensor:
+    """V diag(sqrt(w)) of the eigen-decomposition a = V diag(w) V^T of a symmetric PSD matrix (the
+    eigenvalues rounding makes slightly negative taken as 0): a factor F with F F^T = a."""
     w, v = torch.linalg.eigh(a)
-    return (v * w.clamp(min=0).sqrt()) @ v.T
+    return v * w.clamp(min=0).sqrt()
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -86,9 +90,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if not all(torch.isfinite(t).all() for t in (mu1, mu2, s1, s2)):
         return float("nan")
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    # tr((S1 S2)^1/2) = the sum of the singular values of F1^T F2 (F F^T = S): the matrix is of
+    # the covariances' scale, not of their product's, so the null directions of a singular pair stay
+    # at rounding level instead of growing to sqrt(rounding) of the product
+    tr_covmean = torch.linalg.svdvals(_scaled_eigenvectors(s1).T @ _scaled_eigenvectors(s2)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
 
