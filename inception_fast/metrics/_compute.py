@@ -130,11 +130,11 @@ def compute_metrics(path1, path2=None, *, fid: bool = True, kid: bool = False, i
                     extractor: FeatureExtractor | None = None) -> dict:
     """FID (and KID / IS when asked) of two sets of images. Each is an image folder, an .npz of
     pytorch-fid's statistics ('mu', 'sigma'; FID only), an (N, 3, H, W) tensor of images or an
-    iterable of such batches (a generator's samples, a DataLoader: see tensor_features). Returns {'fid', 'kid_mean', 'kid_std',
-    'is_mean', 'is_std'} for what was asked, with 'mu1', 'sigma1', 'mu2', 'sigma2' (the statistics of
-    the `dims` features). save_stats: write path1's statistics there (pytorch-fid's --save-stats).
-    The Inception Score is path1's. extractor: a FeatureExtractor to use (weights, mode, device
-    are then its own)."""
+    iterable of such batches (a generator's samples, a DataLoader: see tensor_features). Returns
+    {'fid', 'kid_mean', 'kid_std', 'is_mean', 'is_std'} for what was asked, with 'mu1', 'sigma1',
+    'mu2', 'sigma2' (the statistics of the `dims` features). save_stats: write path1's statistics
+    there (pytorch-fid's --save-stats). The Inception Score is path1's. extractor: a
+    FeatureExtractor to use (weights, mode, device are then its own)."""
     sources = [path1] if path2 is None else [path1, path2]
     if (fid or kid) and path2 is None:
         raise ValueError("FID and KID compare two sets: pass path2")

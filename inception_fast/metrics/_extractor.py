@@ -45,7 +45,8 @@ class FeatureExtractor:
             raise TypeError(f"model must be an InceptionV3FID (models.inception_v3_fid), got {type(self.model).__name__}")
         widths = {2048 if t in LOGITS else t for t in self.taps}
         if optimized and len(widths) != 1:
-            raise ValueError(f"optimized=True computes one tap (with the logits, when it is 2048), not taps {self.taps}")
+            raise ValueError(f"optimized=True computes one tap (with the logits, when it is 2048), not taps "
+                             f"{self.taps}")
         self._optimized = None
         if (optimized is None or optimized) and len(widths) == 1:
             from inception_fast import optimize
