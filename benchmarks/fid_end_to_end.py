@@ -74,8 +74,7 @@ elif who == "torch-fidelity":
     fid = fid_statistics_to_metric(stats[0], stats[1], False)["frechet_inception_distance"]
 else:
     from inception_fast import metrics
-    mode = who.split(", ")[1].removesuffix(" mode") if ", " in who else "pytorch-fid"
-    ext = metrics.FeatureExtractor(weights, mode=mode, dtype=torch.bfloat16 if "bf16" in who else torch.float32)
+    ext = metrics.FeatureExtractor(weights, mode=cfg["mode"], dtype=torch.bfloat16 if "bf16" in who else torch.float32)
     t1 = time.perf_counter()
     kw = dict(extractor=ext, batch_size=cfg["batch"], workers=workers, progress=False)
     (m1, s1), (m2, s2) = metrics.compute_statistics(a, **kw), metrics.compute_statistics(b, **kw)
@@ -135,6 +134,12 @@ def main(argv=None) -> int:
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         who.append("inception_fast bf16")
     who = [w for w in who if args.only is None or w in args.only]
+    def peer(w: str) -> str:
+        """The package whose preprocessing a row follows: its FID is the reference for the row."""
+        if not w.startswith("inception_fast"):
+            return "pytorch-fid"
+        return w.split(", ")[1].removesuffix(" mode") if ", " in w else "pytorch-fid"
+
     with tempfile.TemporaryDirectory() as tmp:
         a, b, weights = os.path.join(tmp, "a"), os.path.join(tmp, "b"), os.path.join(tmp, "w.pth")
         write_jpegs(a, args.images, 1)
@@ -145,19 +150,13 @@ def main(argv=None) -> int:
             workers = args.workers
             if workers is None and w.startswith("pytorch-fid"):
                 workers = 0 if w.endswith("0 workers") else min(8, os.cpu_count() or 1)
-            cfg = dict(a=a, b=b, weights=weights, who=w, batch=args.batch, workers=workers,
+            cfg = dict(a=a, b=b, weights=weights, who=w, mode=peer(w), batch=args.batch, workers=workers,
                        hub=os.path.join(tmp, "hub"))
             out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)], capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{w} failed:\n{out.stderr[-3000:]}")
             rows[w] = json.loads(out.stdout.strip().splitlines()[-1])
             print(w, rows[w], flush=True)
-    def peer(w: str) -> str:
-        """The package whose preprocessing a row follows: its FID is the reference for the row."""
-        if not w.startswith("inception_fast"):
-            return "pytorch-fid"
-        return w.split(", ")[1].removesuffix(" mode") if ", " in w else "pytorch-fid"
-
     fastest_peer = min((r["total_s"] for k, r in rows.items() if not k.startswith("inception_fast")), default=None)
     workers = "each contestant's default" if args.workers is None else args.workers
     lines = [f"End-to-end FID, 2 x {args.images} JPEGs 256x256, batch {args.batch}, workers: {workers}; torch "

@@ -21,7 +21,7 @@ def add_fid_arguments(p: argparse.ArgumentParser) -> None:
                    help="the FID Inception's weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or "
                         "torch-fidelity's file); default: the published file, downloaded once")
     p.add_argument("--mode", default="pytorch-fid", choices=MODES,
-                   help="preprocessing as pytorch-fid (default) or torch-fidelity does it")
+                   help="preprocessing as pytorch-fid (default), torch-fidelity or clean-fid does it")
     p.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images "
                    "(default: on a GPU the cores less one, at most 8; on the CPU none up to 4 cores, else a "
                    "quarter of them)")
